@@ -1,0 +1,183 @@
+"""Typed configuration: one dataclass schema per config group, registered in Hydra's ConfigStore.
+
+``conf/<group>/<option>.yaml`` starts its defaults list with ``base_<schema>`` (the schema stored
+here), so an unknown key, a value of the wrong type or an unknown enum value fails at start-up
+with Hydra's message. The groups:
+
+=========== =========================================== =====================================
+group       schema                                      options (conf/<group>/*.yaml)
+=========== =========================================== =====================================
+pos         ``PosConfig`` subclass of each mode          none, agf, agf_m, ...
+model       :class:`agf_exp.model.ModelConfig`           tiny, small, transformer_big
+data        ``DataConfig`` subclass of each source       synthetic, multi30k, files
+trainer     :class:`TrainerConfig`                       default
+logger      :class:`LoggerConfig`                        none, wandb
+experiment  (``@package _global_`` overrides)            smoke, small, paper
+=========== =========================================== =====================================
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from .data import SOURCES
+from .model import ModelConfig
+from .positional import MODES
+
+
+class Precision(str, enum.Enum):
+    auto = "auto"  # bf16 on a CUDA device that supports it, else fp16 on CUDA; fp32 on CPU
+    fp32 = "fp32"
+    fp16 = "fp16"  # autocast + GradScaler (the paper trained in FP16)
+    bf16 = "bf16"
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation, schedule, evaluation cadence and decoding (``conf/trainer/*.yaml``)."""
+
+    name: str = "default"
+    max_epochs: int = 10
+    max_steps: Optional[int] = None  # stop after this many optimizer updates
+    max_minutes: Optional[float] = None  # stop after this much training time (evaluation excluded)
+    batch_tokens: int = 4096  # padded tokens per batch (max(src, tgt) length x sentences)
+    accum_steps: int = 1  # gradient accumulation: batches per optimizer update
+    lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
+    warmup_steps: int = 4000  # inverse-sqrt (noam) schedule: lr * min(s / w, sqrt(w / s))
+    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0
+    clip_grad_norm: float = 1.0  # 0 disables clipping
+    label_smoothing: float = 0.1
+    precision: Precision = Precision.auto
+    device: Device = Device.auto
+    num_threads: Optional[int] = None  # torch CPU threads (None: torch's default)
+    eval_every_steps: Optional[int] = None  # also evaluate every N updates (always at epoch end)
+    save_every_steps: Optional[int] = None  # write last.pt every N updates (always at epoch end)
+    eval_batch_tokens: int = 8192
+    best_metric: str = "val_acc"  # higher is better; any key of metrics.jsonl
+    resume: bool = True  # continue from <run dir>/checkpoints/last.pt when it exists
+    progress: bool = True  # tqdm bar per epoch
+    log_every_steps: int = 50
+    max_nonfinite_steps: int = 5  # fp16: skipped overflow steps tolerated in a row before failing
+    # final decoding of the validation and test sets
+    decode_splits: List[str] = field(default_factory=lambda: ["valid", "test"])
+    decode_strategies: List[str] = field(default_factory=lambda: ["greedy", "beam"])
+    beam_size: int = 5
+    len_penalty: float = 1.0  # beam scores are log p / length ** len_penalty
+    max_len_a: float = 1.2  # decoded length limit: a * source length + b
+    max_len_b: int = 10
+    decode_batch_sentences: int = 64
+    max_decode_sentences: Optional[int] = None  # decode only the first N sentences of each split
+
+
+class WandbMode(str, enum.Enum):
+    auto = "auto"  # online when an API key is configured, offline otherwise
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking (``conf/logger/*.yaml``)."""
+
+    name: str = "none"  # none | wandb
+    project: str = "agf-exp"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    job_name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    mode: WandbMode = WandbMode.auto
+
+
+@dataclass
+class Config:
+    """The top-level schema (``conf/config.yaml`` composes the groups onto it)."""
+
+    pos: Any = MISSING
+    model: ModelConfig = MISSING
+    data: Any = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    seed: int = 1
+    pcmv: bool = False  # PCM-V: scale values by the positional coefficient (PCM-V-Exp for additive modes)
+    sco: bool = False  # SCO: logits q.k / ||k|| instead of q.k / sqrt(d)
+    pe: bool = "${pos.default_pe}"  # type: ignore[assignment]  # absolute sinusoidal PE; default per mode
+    run_name: str = "${pos.name}"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for name, spec in MODES.items():
+        cs.store(group="pos", name=f"base_{name}", node=spec.config_class)
+    for name, (config_class, _) in SOURCES.items():
+        cs.store(group="data", name=f"base_{name}", node=config_class)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    cs.store(group="logger", name="base_logger", node=LoggerConfig)
+
+
+register_configs()
+
+
+class ConfigError(ValueError):
+    """A combination of config values that cannot run; the message says which and what to do."""
+
+
+def _check_no_extra_keys(node: DictConfig, where: str) -> None:
+    """Hydra's `+key=value` can add keys to a typed node; refuse any key the schema lacks."""
+    schema = OmegaConf.get_type(node)
+    if schema is None or not dataclasses.is_dataclass(schema):
+        return
+    known = {f.name for f in dataclasses.fields(schema)}
+    extra = sorted(set(node.keys()) - known)
+    if extra:
+        raise ConfigError(f"unknown key(s) {', '.join(f'{where}{k}' for k in extra)}; "
+                          f"{where.rstrip('.') or 'the top level'} accepts: {', '.join(sorted(known))}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cross-field checks that a schema cannot express. Raises :class:`ConfigError`."""
+    from .positional import MODES as modes
+
+    _check_no_extra_keys(cfg, "")
+    for group in ("pos", "model", "data", "trainer", "logger"):
+        _check_no_extra_keys(cfg[group], f"{group}.")
+    mode = modes[cfg.pos.name].module_class
+    if cfg.pcmv and not (mode.multiplicative or mode.additive):
+        raise ConfigError(
+            f"pcmv=true is not defined for pos={cfg.pos.name}: PCM-V scales the values by the "
+            "positional coefficient (or by exp(bias) for additive modes) and this mode has neither. "
+            "Drop pcmv=true or pick a relative mode such as pos=agf or pos=agf_m."
+        )
+    if cfg.model.attn_backend == "sdpa" and (mode.multiplicative or cfg.pcmv):
+        raise ConfigError(
+            f"model.attn_backend=sdpa cannot apply a multiplicative coefficient or PCM-V (pos={cfg.pos.name}, "
+            f"pcmv={cfg.pcmv}); use model.attn_backend=auto (SDPA where it applies) or eager"
+        )
+    for split in cfg.trainer.decode_splits:
+        if split not in ("train", "valid", "test"):
+            raise ConfigError(f"trainer.decode_splits has {split!r}; use train, valid or test")
+    for strategy in cfg.trainer.decode_strategies:
+        if strategy not in ("greedy", "beam"):
+            raise ConfigError(f"trainer.decode_strategies has {strategy!r}; use greedy and/or beam")
+    if cfg.trainer.accum_steps < 1 or cfg.trainer.batch_tokens < 1:
+        raise ConfigError("trainer.accum_steps and trainer.batch_tokens must be >= 1")
+
+
+def to_container(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python (what is saved in run dirs, checkpoints and W&B)."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

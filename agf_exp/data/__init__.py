@@ -1,0 +1,67 @@
+"""Data: raw parallel corpora -> joint sentencepiece -> id sequences -> token-count batches.
+
+Sources (``data=...``): ``synthetic`` (generated, the default), ``multi30k``, ``files``; each is
+one module that registers its config schema and loader with :func:`register_source`.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+from .batching import Example, collate, make_batches
+from .corpus import SOURCES, SPLITS, DataConfig, DataError, ParallelCorpus, expand, register_source
+from .tokenizer import BOS, EOS, Tokenizer, train_or_load
+
+for _name in ("synthetic", "multi30k", "files"):
+    importlib.import_module(f"{__name__}.{_name}")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataBundle:
+    tokenizer: Tokenizer
+    examples: Dict[str, List[Example]]  # per split, id sequences
+    raw: Dict[str, Tuple[List[str], List[str]]]  # per split, raw (src, tgt) text; train is filtered
+    description: str
+    dropped_train: int
+
+
+def load_corpus(cfg: DataConfig, seed: int) -> ParallelCorpus:
+    if cfg.name not in SOURCES:
+        raise DataError(f"unknown data source {cfg.name!r}; known: {sorted(SOURCES)}")
+    return SOURCES[cfg.name][1](cfg, seed)
+
+
+def encode_pairs(tok: Tokenizer, src: List[str], tgt: List[str]) -> List[Example]:
+    return [(s + [EOS], [BOS] + t + [EOS]) for s, t in zip(tok.encode(src), tok.encode(tgt))]
+
+
+def prepare_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """Load, tokenise and encode every split. Training pairs with an empty side or more than
+    ``max_len`` subword tokens on either side are dropped (valid/test are kept whole)."""
+    corpus = load_corpus(cfg, seed)
+    train_src, train_tgt = corpus.splits["train"]
+    tok = train_or_load(train_src + train_tgt, cfg.vocab_size, cfg.subword_model.value, expand(cfg.cache_dir))
+    examples, raw, dropped = {}, {}, 0
+    for split in SPLITS:
+        src, tgt = corpus.splits[split]
+        encoded = encode_pairs(tok, src, tgt)
+        if split == "train":
+            keep = [i for i, (s, t) in enumerate(encoded)
+                    if src[i] and tgt[i] and len(s) - 1 <= cfg.max_len and len(t) - 2 <= cfg.max_len]
+            dropped = len(encoded) - len(keep)
+            encoded = [encoded[i] for i in keep]
+            src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
+            if not encoded:
+                raise DataError(f"no training pair has at most data.max_len={cfg.max_len} tokens; raise data.max_len")
+        examples[split], raw[split] = encoded, (src, tgt)
+    log.info("%s: vocab %d, train %d pairs (%d dropped), valid %d, test %d", corpus.description,
+             tok.vocab_size, len(examples["train"]), dropped, len(examples["valid"]), len(examples["test"]))
+    return DataBundle(tok, examples, raw, corpus.description, dropped)
+
+
+__all__ = ["DataBundle", "DataConfig", "DataError", "Example", "SOURCES", "SPLITS", "Tokenizer", "collate",
+           "make_batches", "prepare_data", "register_source"]

@@ -1,0 +1,67 @@
+"""Joint sentencepiece subwords, trained on the training split only and cached by content hash.
+
+The cache key hashes the training text and every training option, so a second run with the same
+data reuses the model and any change retrains it. The model is written to a temporary name and
+renamed into place, so an interrupted run never leaves a half-written model behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import List, Sequence
+
+import sentencepiece as spm
+
+from ..atomic import atomic_write_bytes
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
+
+class Tokenizer:
+    """A sentencepiece model with fixed special ids: pad 0, unk 1, bos 2, eos 3."""
+
+    pad_id, unk_id, bos_id, eos_id = PAD, UNK, BOS, EOS
+
+    def __init__(self, model_proto: bytes):
+        self.model_proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, lines: Sequence[str]) -> List[List[int]]:
+        return self.sp.encode(list(lines), out_type=int)
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> List[str]:
+        """Detokenise; stops at the first EOS and drops BOS/pad."""
+        clean = []
+        for seq in ids:
+            seq = list(seq)
+            if EOS in seq:
+                seq = seq[: seq.index(EOS)]
+            clean.append([i for i in seq if i not in (PAD, BOS)])
+        return self.sp.decode(clean)
+
+
+def train_or_load(lines: Sequence[str], vocab_size: int, model_type: str, cache_dir: Path) -> Tokenizer:
+    """Return the joint model for ``lines`` (source and target training text), training it once."""
+    options = dict(vocab_size=vocab_size, model_type=model_type, character_coverage=1.0,
+                   pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, hard_vocab_limit=False,
+                   input_sentence_size=2_000_000, shuffle_input_sentence=True, num_threads=1,
+                   seed_sentencepiece_size=1_000_000)
+    h = hashlib.sha256()
+    h.update(repr(sorted(options.items())).encode())
+    h.update(spm.__version__.encode())
+    for line in lines:
+        h.update(line.encode("utf-8"))
+        h.update(b"\n")
+    path = Path(cache_dir) / "spm" / f"{model_type}{vocab_size}-{h.hexdigest()[:16]}.model"
+    if path.is_file():
+        return Tokenizer(path.read_bytes())
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf,
+                                   minloglevel=2, **options)
+    atomic_write_bytes(path, buf.getvalue())
+    return Tokenizer(buf.getvalue())

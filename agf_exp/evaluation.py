@@ -1,0 +1,118 @@
+"""Validation metrics and translation scoring.
+
+Token accuracy follows OpenNMT-py's "Validation accuracy" (the paper's metric): teacher-forced,
+argmax over the vocabulary at every non-pad gold position of the target (all subword tokens and
+EOS; BOS is the decoder's first input, never a label), counts summed over the whole split,
+``100 * correct / tokens``. We report two losses: ``val_loss`` with the training label smoothing
+(what OpenNMT-py >= 3.0.3 reports as its validation xent/ppl) and ``val_nll`` without it, whose
+exponential is the true perplexity ``val_ppl``.
+
+BLEU and chrF come from sacreBLEU on detokenised, cased hypotheses against the raw references
+(BLEU tokenizer 13a); each score is stored with its signature. ``bleu_lc`` (lowercased) is a
+secondary figure closer to the literature's lowercased Multi30k numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Dict, List, Optional, Sequence
+
+import sacrebleu
+import torch
+import torch.nn.functional as F
+
+from .data import Example, Tokenizer, collate, make_batches
+from .data.tokenizer import PAD
+from .decoding import beam_search, greedy_decode
+from .model import Seq2SeqTransformer
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def smoothed_loss(logits: torch.Tensor, gold: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Summed label-smoothed cross-entropy over non-pad gold tokens (the training loss)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=PAD,
+                           label_smoothing=label_smoothing, reduction="sum")
+
+
+def token_stats(logits: torch.Tensor, gold: torch.Tensor, label_smoothing: float) -> Dict[str, torch.Tensor]:
+    """Summed statistics of one batch: smoothed loss, NLL, correct argmax, scored tokens."""
+    loss = smoothed_loss(logits, gold, label_smoothing)
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    gold = gold.reshape(-1)
+    keep = gold.ne(PAD)
+    nll = F.cross_entropy(logits, gold, ignore_index=PAD, reduction="sum")
+    correct = (logits.argmax(-1).eq(gold) & keep).sum()
+    return {"loss": loss, "nll": nll, "correct": correct, "tokens": keep.sum()}
+
+
+@torch.no_grad()
+def evaluate_split(model: Seq2SeqTransformer, examples: Sequence[Example], *, batch_tokens: int,
+                   device: torch.device, label_smoothing: float, amp_dtype=None) -> Dict[str, float]:
+    """Teacher-forced loss, perplexity and OpenNMT-style token accuracy over a whole split."""
+    was_training = model.training
+    model.eval()
+    totals = {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0}
+    start = time.perf_counter()
+    for idx in make_batches(examples, batch_tokens, shuffle=False):
+        src, tgt = (t.to(device) for t in collate(examples, idx))
+        with autocast(device, amp_dtype):
+            logits = model(src, tgt[:, :-1])
+        for key, value in token_stats(logits, tgt[:, 1:], label_smoothing).items():
+            totals[key] += value.item()
+    model.train(was_training)
+    n = max(totals["tokens"], 1)
+    return {
+        "val_loss": totals["loss"] / n,
+        "val_nll": totals["nll"] / n,
+        "val_ppl": math.exp(min(totals["nll"] / n, 50.0)),
+        "val_acc": 100.0 * totals["correct"] / n,
+        "val_tokens": totals["tokens"],
+        "val_seconds": time.perf_counter() - start,
+    }
+
+
+@torch.no_grad()
+def translate(model: Seq2SeqTransformer, tokenizer: Tokenizer, sources: Sequence[List[int]], *,
+              strategy: str = "beam", beam_size: int = 5, len_penalty: float = 1.0, max_len_a: float = 1.2,
+              max_len_b: int = 10, batch_sentences: int = 64, device: torch.device = torch.device("cpu"),
+              amp_dtype=None) -> List[str]:
+    """Detokenised translations of encoded sources (each ending in EOS), in input order."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    out: List[Optional[str]] = [None] * len(sources)
+    dummy = [[PAD]]
+    for start in range(0, len(order), batch_sentences):
+        idx = order[start:start + batch_sentences]
+        src, _ = collate([(sources[i], dummy[0]) for i in idx], range(len(idx)))
+        src = src.to(device)
+        with autocast(device, amp_dtype):
+            if strategy == "greedy":
+                ids = greedy_decode(model, src, max_len_a, max_len_b)
+            elif strategy == "beam":
+                ids = beam_search(model, src, beam_size, max_len_a, max_len_b, len_penalty)
+            else:
+                raise ValueError(f"unknown decoding strategy {strategy!r}; use greedy or beam")
+        for i, text in zip(idx, tokenizer.decode(ids)):
+            out[i] = text
+    model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def score_translations(hyps: Sequence[str], refs: Sequence[str]) -> Dict[str, object]:
+    """sacreBLEU BLEU (cased, 13a), chrF, and lowercased BLEU, with signatures."""
+    bleu, chrf, bleu_lc = sacrebleu.BLEU(), sacrebleu.CHRF(), sacrebleu.BLEU(lowercase=True)
+    b = bleu.corpus_score(list(hyps), [list(refs)])
+    c = chrf.corpus_score(list(hyps), [list(refs)])
+    lc = bleu_lc.corpus_score(list(hyps), [list(refs)])
+    return {
+        "bleu": b.score, "chrf": c.score, "bleu_lc": lc.score,
+        "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature()),
+        "bleu_lc_signature": str(bleu_lc.get_signature()), "sentences": len(hyps),
+    }

@@ -1,0 +1,24 @@
+"""``pos=none``: no relative positional term. With ``pe=true`` (its default) this is the
+vanilla Transformer of the paper ("QKV" / "Vanilla"): position only enters through the absolute
+sinusoidal encoding added to the embeddings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import PosConfig, PositionalMode, PosTerms, register_mode
+
+
+@dataclass
+class NoneConfig(PosConfig):
+    name: str = "none"
+    default_pe: bool = True
+
+
+@register_mode(NoneConfig)
+class NoPositional(PositionalMode):
+    """0 parameters."""
+
+    def terms(self, delta: torch.Tensor) -> PosTerms:
+        return PosTerms(None, None)

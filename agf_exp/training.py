@@ -1,0 +1,440 @@
+"""The shared seq2seq trainer: one function, :func:`train`, used by every run and sweep.
+
+Run-dir layout (``hydra.run.dir``, or the ``run_dir`` argument)::
+
+    config.yaml            resolved config
+    metrics.jsonl          one JSON line per evaluation
+    summary.json           final metrics, BLEU/chrF with signatures, best epoch, parameters, timing,
+                           device, versions, git commit ("status": "complete" once done)
+    checkpoints/last.pt    full state (model, optimizer, scaler, step, epoch position, RNG states)
+    checkpoints/best.pt    weights of the best evaluation by ``trainer.best_metric``
+    hyps/<split>.<strategy>.txt   detokenised translations
+
+Re-running with the same run dir resumes from ``last.pt`` (``trainer.resume=true``): the batch
+order of an epoch depends only on (seed, epoch) and the RNG states are restored, so a resumed
+run reproduces the uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import Precision, to_container, validate
+from .data import DataBundle, collate, make_batches, prepare_data
+from .atomic import atomic_write_bytes
+from .evaluation import autocast, evaluate_split, score_translations, smoothed_loss, translate
+from .loggers import build_logger
+from .model import ModelConfig, Seq2SeqTransformer
+from .positional import MODES
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. the loss became NaN); the message says what to change."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer updates done
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of the current epoch already consumed
+    best_value: float = -math.inf
+    best_epoch: Optional[int] = None
+    best_step: Optional[int] = None
+    train_seconds: float = 0.0
+    train_tokens: int = 0
+    metric_lines: int = 0
+    wandb_id: Optional[str] = None
+
+
+# --------------------------------------------------------------------------------------------
+# set-up helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
+    return torch.device(name)
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype (None = fp32)."""
+    if precision == Precision.auto:
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {Precision.fp32: None, Precision.fp16: torch.float16, Precision.bf16: torch.bfloat16}[precision]
+
+
+def build_model(config: Dict[str, Any] | DictConfig, vocab_size: int, pad_id: int) -> Seq2SeqTransformer:
+    """Build the model from a (resolved) config, typing ``pos`` and ``model`` by their schemas."""
+    cfg = OmegaConf.create(config) if not isinstance(config, DictConfig) else config
+    pos_name = cfg.pos.name
+    if pos_name not in MODES:
+        raise ValueError(f"unknown positional mode {pos_name!r}; known modes: {sorted(MODES)}")
+    pos = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MODES[pos_name].config_class), cfg.pos))
+    model_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg.model))
+    return Seq2SeqTransformer(model_cfg, pos, vocab_size, pad_id, pe=bool(cfg.pe), pcmv=bool(cfg.pcmv),
+                              sco=bool(cfg.sco))
+
+
+def git_commit() -> Optional[str]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("-dirty" if dirty else "")) or None
+
+
+def lr_at(step: int, peak: float, warmup: int) -> float:
+    """Inverse-sqrt ("noam") schedule: linear warm-up to ``peak`` at ``warmup``, then ~1/sqrt(step).
+    OpenNMT-py's ``lr * d_model^-0.5 * min(s^-0.5, s * w^-1.5)`` is this with
+    ``peak = lr * (d_model * w)^-0.5``."""
+    step = max(step, 1)
+    warmup = max(warmup, 1)
+    return peak * min(step / warmup, math.sqrt(warmup / step))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        validate(cfg)
+        self.cfg, self.tcfg = cfg, cfg.trainer
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config = to_container(cfg)
+        atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.config)).encode())
+        if self.tcfg.num_threads:
+            torch.set_num_threads(self.tcfg.num_threads)
+        self.device = resolve_device(self.tcfg.device.value)
+        self.amp_dtype = resolve_precision(self.tcfg.precision, self.device)
+        seed_everything(cfg.seed)
+        self.data: DataBundle = prepare_data(cfg.data, cfg.seed)
+        tok = self.data.tokenizer
+        self.model = build_model(cfg, tok.vocab_size, tok.pad_id).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tcfg.lr, betas=tuple(self.tcfg.adam_betas),
+                                          eps=self.tcfg.adam_eps, weight_decay=self.tcfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.state = TrainState()
+        self.logger = None
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def _payload(self, full: bool) -> Dict[str, Any]:
+        payload = {
+            "model": self.model.state_dict(),
+            "config": self.config,
+            "tokenizer": self.data.tokenizer.model_proto,
+            "vocab_size": self.data.tokenizer.vocab_size,
+            "state": asdict(self.state),
+        }
+        if full:
+            payload.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(), rng=rng_state())
+        return payload
+
+    def save_last(self) -> None:
+        checkpoint.save_atomic(self._payload(full=True), self.ckpt_dir / "last.pt")
+
+    def try_resume(self) -> bool:
+        path = self.ckpt_dir / "last.pt"
+        if not (self.tcfg.resume and path.is_file()):
+            return False
+        ckpt = checkpoint.load(path, map_location=self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        self.state = TrainState(**ckpt["state"])
+        changed = _diff(ckpt["config"], self.config)
+        if changed:
+            log.warning("resuming with a changed config: %s", ", ".join(changed))
+        # forget evaluations logged after the checkpoint (an interrupted run may have written some)
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.is_file():
+            lines = metrics.read_text().splitlines(keepends=True)[: self.state.metric_lines]
+            atomic_write_bytes(metrics, "".join(lines).encode())
+        log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.state.epoch,
+                 self.state.batch_in_epoch, self.state.step)
+        return True
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def _budget_left(self) -> bool:
+        t = self.tcfg
+        if t.max_steps is not None and self.state.step >= t.max_steps:
+            return False
+        if t.max_minutes is not None and self.state.train_seconds >= 60.0 * t.max_minutes:
+            return False
+        return True
+
+    def evaluate(self, train_loss: Optional[float], tokens_per_s: Optional[float]) -> Dict[str, Any]:
+        metrics = evaluate_split(self.model, self.data.examples["valid"], batch_tokens=self.tcfg.eval_batch_tokens,
+                                 device=self.device, label_smoothing=self.tcfg.label_smoothing,
+                                 amp_dtype=self.amp_dtype)
+        record = {"epoch": self.state.epoch, "epoch_fraction": self._epoch_position(), "step": self.state.step,
+                  "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                  "tokens_per_s": tokens_per_s, "train_seconds": self.state.train_seconds, **metrics}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.state.metric_lines += 1
+        self.logger.log({f"eval/{k}": v for k, v in record.items() if v is not None}, step=self.state.step)
+        log.info("eval epoch %.2f step %d: val_acc %.2f val_ppl %.2f val_loss %.4f", record["epoch_fraction"],
+                 self.state.step, metrics["val_acc"], metrics["val_ppl"], metrics["val_loss"])
+        value = record.get(self.tcfg.best_metric)
+        if value is None:
+            raise TrainingError(f"trainer.best_metric={self.tcfg.best_metric!r} is not an evaluation metric; "
+                                f"use one of {sorted(k for k, v in record.items() if isinstance(v, float))}")
+        if value > self.state.best_value:
+            self.state.best_value, self.state.best_epoch, self.state.best_step = value, record["epoch_fraction"], self.state.step
+            checkpoint.save_atomic(self._payload(full=False), self.ckpt_dir / "best.pt")
+        return record
+
+    def _epoch_position(self) -> float:
+        n = max(len(self._batches), 1) if hasattr(self, "_batches") else 1
+        return self.state.epoch + self.state.batch_in_epoch / n
+
+    def train_epoch(self) -> None:
+        t, st = self.tcfg, self.state
+        examples = self.data.examples["train"]
+        self._batches = make_batches(examples, t.batch_tokens, shuffle=True, seed=self.cfg.seed, epoch=st.epoch)
+        n_batches = len(self._batches)
+        self.model.train()
+        bar = tqdm(total=n_batches, initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}", disable=not t.progress,
+                   dynamic_ncols=True, leave=False)
+        window_loss, window_tokens, window_seconds = 0.0, 0, 0.0
+        nonfinite = 0
+        try:
+            while st.batch_in_epoch < n_batches and self._budget_left():
+                group = self._batches[st.batch_in_epoch: st.batch_in_epoch + t.accum_steps]
+                start = time.perf_counter()
+                loss_sum, n_tokens = self._update(examples, group)
+                elapsed = time.perf_counter() - start
+                st.batch_in_epoch += len(group)
+                bar.update(len(group))
+                if not math.isfinite(loss_sum):
+                    nonfinite += 1
+                    if self.amp_dtype != torch.float16 or nonfinite > t.max_nonfinite_steps:
+                        raise TrainingError(
+                            f"the training loss is {loss_sum} at step {st.step + 1} (epoch {st.epoch + 1}); "
+                            f"nothing was updated and {self.ckpt_dir / 'last.pt'} holds the last good state. "
+                            "Lower trainer.lr, keep trainer.clip_grad_norm > 0, raise trainer.warmup_steps, "
+                            "or train with trainer.precision=fp32/bf16"
+                        )
+                    continue
+                nonfinite = 0
+                st.step += 1
+                st.train_seconds += elapsed
+                st.train_tokens += n_tokens
+                window_loss += loss_sum
+                window_tokens += n_tokens
+                window_seconds += elapsed
+                tps = window_tokens / max(window_seconds, 1e-9)
+                bar.set_postfix(loss=f"{window_loss / max(window_tokens, 1):.3f}", tok_s=f"{tps:.0f}", refresh=False)
+                if st.step % t.log_every_steps == 0:
+                    self.logger.log({"train/loss": window_loss / max(window_tokens, 1), "train/lr": self._lr,
+                                     "train/tokens_per_s": tps}, step=st.step)
+                if t.eval_every_steps and st.step % t.eval_every_steps == 0 and st.batch_in_epoch < n_batches:
+                    self.evaluate(window_loss / max(window_tokens, 1), tps)
+                    window_loss, window_tokens, window_seconds = 0.0, 0, 0.0
+                if t.save_every_steps and st.step % t.save_every_steps == 0:
+                    self.save_last()
+        except KeyboardInterrupt:
+            log.warning("interrupted: saving %s at step %d; re-run with the same run dir to resume",
+                        self.ckpt_dir / "last.pt", st.step)
+            self.save_last()
+            raise
+        finally:
+            bar.close()
+        self._window = (window_loss, window_tokens, window_seconds)
+
+    def _update(self, examples, group):
+        """One optimizer update over ``group`` (``accum_steps`` batches). Returns (summed loss, tokens)."""
+        t = self.tcfg
+        batches = [collate(examples, idx) for idx in group]
+        n_tokens = sum(int(tgt[:, 1:].ne(self.data.tokenizer.pad_id).sum()) for _, tgt in batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for src, tgt in batches:
+            src, tgt = src.to(self.device), tgt.to(self.device)
+            with autocast(self.device, self.amp_dtype):
+                logits = self.model(src, tgt[:, :-1])
+            loss = smoothed_loss(logits, tgt[:, 1:], t.label_smoothing)
+            self.scaler.scale(loss / n_tokens).backward()
+            loss_sum += loss.item()
+        if not math.isfinite(loss_sum):
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.amp_dtype == torch.float16:
+                self.scaler.update(self.scaler.get_scale() / 2)
+            return loss_sum, n_tokens
+        self._lr = lr_at(self.state.step + 1, t.lr, t.warmup_steps)
+        for group_ in self.optimizer.param_groups:
+            group_["lr"] = self._lr
+        if t.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss_sum, n_tokens
+
+    def fit(self) -> None:
+        t, st = self.tcfg, self.state
+        while st.epoch < t.max_epochs and self._budget_left():
+            self.train_epoch()
+            loss, tokens, seconds = self._window
+            train_loss = loss / tokens if tokens else None
+            tps = tokens / seconds if seconds else None
+            if st.batch_in_epoch >= len(self._batches):
+                st.epoch += 1
+                st.batch_in_epoch = 0
+                self.evaluate(train_loss, tps)
+            elif tokens:  # stopped mid-epoch by max_steps / max_minutes
+                self.evaluate(train_loss, tps)
+            self.save_last()
+
+    # ---- final evaluation --------------------------------------------------------------------
+
+    def final_decode(self) -> Dict[str, Any]:
+        t = self.tcfg
+        best = self.ckpt_dir / "best.pt"
+        if best.is_file():
+            self.model.load_state_dict(checkpoint.load(best, map_location=self.device)["model"])
+        results: Dict[str, Any] = {}
+        hyp_dir = self.run_dir / "hyps"
+        for split in t.decode_splits:
+            sources = [s for s, _ in self.data.examples[split]]
+            refs = self.data.raw[split][1]
+            if t.max_decode_sentences:
+                sources, refs = sources[: t.max_decode_sentences], refs[: t.max_decode_sentences]
+            for strategy in t.decode_strategies:
+                start = time.perf_counter()
+                hyps = translate(self.model, self.data.tokenizer, sources, strategy=strategy, beam_size=t.beam_size,
+                                 len_penalty=t.len_penalty, max_len_a=t.max_len_a, max_len_b=t.max_len_b,
+                                 batch_sentences=t.decode_batch_sentences, device=self.device,
+                                 amp_dtype=self.amp_dtype)
+                atomic_write_bytes(hyp_dir / f"{split}.{strategy}.txt", ("\n".join(hyps) + "\n").encode())
+                scores = score_translations(hyps, refs)
+                scores["seconds"] = time.perf_counter() - start
+                results[f"{split}/{strategy}"] = scores
+                log.info("%s %s: BLEU %.2f chrF %.2f (%s)", split, strategy, scores["bleu"], scores["chrf"],
+                         scores["bleu_signature"])
+        return results
+
+
+def _diff(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> list:
+    keys = set(old) | set(new)
+    out = []
+    for key in sorted(keys):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
+    """Train (or resume) one run in ``run_dir`` and return its summary."""
+    wall_start = time.perf_counter()
+    trainer = Trainer(cfg, Path(run_dir))
+    trainer.try_resume()
+    st = trainer.state
+    params = trainer.model.num_parameters()
+    log.info("model: %d parameters (%d positional); device %s, autocast %s", params["total"],
+             params["positional"], trainer.device, trainer.amp_dtype)
+    logger_cfg = cfg.logger
+    trainer.logger = build_logger(logger_cfg, trainer.config, trainer.run_dir, run_id=st.wandb_id,
+                                  default_name=str(cfg.run_name))
+    st.wandb_id = trainer.logger.run_id
+    try:
+        trainer.fit()
+        decoded = trainer.final_decode()
+        last = {}
+        metrics_path = trainer.run_dir / "metrics.jsonl"
+        if metrics_path.is_file() and metrics_path.stat().st_size:
+            last = json.loads(metrics_path.read_text().splitlines()[-1])
+        summary = {
+            "status": "complete",
+            "run_name": str(cfg.run_name),
+            "pos": cfg.pos.name, "pcmv": bool(cfg.pcmv), "sco": bool(cfg.sco), "pe": bool(cfg.pe),
+            "seed": cfg.seed,
+            "data": trainer.data.description,
+            "final": last,
+            "best": {"metric": trainer.tcfg.best_metric, "value": st.best_value, "epoch": st.best_epoch,
+                     "step": st.best_step},
+            "decoding": decoded,
+            "parameters": params,
+            "epochs": st.epoch, "steps": st.step,
+            "train_seconds": st.train_seconds,
+            "train_tokens_per_s": st.train_tokens / st.train_seconds if st.train_seconds else None,
+            "wall_seconds_this_session": time.perf_counter() - wall_start,
+            "device": str(trainer.device) + (f" ({torch.cuda.get_device_name()})" if trainer.device.type == "cuda" else ""),
+            "autocast": str(trainer.amp_dtype),
+            "cpu_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "git_commit": git_commit(),
+            "argv": sys.argv,
+            "wandb_id": st.wandb_id,
+            "vocab_size": trainer.data.tokenizer.vocab_size,
+            "train_pairs": len(trainer.data.examples["train"]),
+            "train_pairs_dropped": trainer.data.dropped_train,
+        }
+        write_json(trainer.run_dir / "summary.json", summary)
+        flat = {f"final/{k}": v for k, v in last.items() if isinstance(v, (int, float))}
+        for key, scores in decoded.items():
+            for name in ("bleu", "chrf", "bleu_lc", "bleu_signature", "chrf_signature"):
+                flat[f"{key}/{name}"] = scores[name]
+        trainer.logger.summary({**flat, "parameters": params["total"], "positional_parameters": params["positional"]})
+        return summary
+    finally:
+        trainer.logger.finish()

@@ -1,0 +1,42 @@
+"""Shared fixtures. Tests never download: Multi30k comes from MULTI30K_ROOT (CI points it at the
+shared data folder) and the tests that need it are skipped without it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import agf_exp.config  # noqa: F401  (registers schemas)
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """One sentencepiece cache for the whole session (AGF_CACHE_DIR wins when CI sets it)."""
+    if not os.environ.get("AGF_CACHE_DIR"):
+        os.environ["AGF_CACHE_DIR"] = str(tmp_path_factory.mktemp("agf_cache"))
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
+
+
+def make_cfg(*overrides: str):
+    """Compose the project config exactly as `python run.py <overrides>` would."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def cfg_factory():
+    return make_cfg
+
+
+@pytest.fixture
+def multi30k_root():
+    root = os.environ.get("MULTI30K_ROOT")
+    if not root or not Path(root).is_dir():
+        pytest.skip("set MULTI30K_ROOT to a folder with the Multi30k .gz files to run this test")
+    return Path(root)

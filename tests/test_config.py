@@ -1,0 +1,129 @@
+"""Config composition: every group option, typed schemas, start-up errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from agf_exp.config import ConfigError, LoggerConfig, TrainerConfig, validate
+from agf_exp.data import SOURCES
+from agf_exp.model import ModelConfig
+from agf_exp.positional import MODES
+
+from .conftest import CONF_DIR, make_cfg
+
+ROOT = Path(CONF_DIR).parent
+
+
+def options(group):
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+def test_every_mode_has_a_yaml_and_every_yaml_a_mode():
+    assert set(options("pos")) == set(MODES)
+    assert set(options("data")) == set(SOURCES)
+
+
+@pytest.mark.parametrize("option", options("pos"))
+def test_pos_options_compose_typed(option):
+    cfg = make_cfg(f"pos={option}")
+    assert cfg.pos.name == option
+    assert OmegaConf.get_type(cfg.pos) is MODES[option].config_class
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_options_compose_typed(option):
+    overrides = [f"data={option}"]
+    cfg = make_cfg(*overrides)
+    assert OmegaConf.get_type(cfg.data) is SOURCES[option][0]
+
+
+@pytest.mark.parametrize("group,schema", [("model", ModelConfig), ("trainer", TrainerConfig),
+                                          ("logger", LoggerConfig)])
+def test_single_schema_groups_compose_typed(group, schema):
+    for option in options(group):
+        cfg = make_cfg(f"{group}={option}")
+        assert OmegaConf.get_type(cfg[group]) is schema, option
+
+
+@pytest.mark.parametrize("option", options("experiment"))
+def test_experiments_compose(option):
+    cfg = make_cfg(f"experiment={option}")
+    OmegaConf.to_container(cfg.model, resolve=True)
+    assert cfg.trainer.max_epochs >= 1
+
+
+def test_transformer_big_is_the_papers_model():
+    m = make_cfg("model=transformer_big").model
+    assert (m.d_model, m.n_heads, m.d_ff, m.enc_layers, m.dec_layers) == (1024, 16, 4096, 3, 3)
+
+
+def test_paper_command_line_works_as_written():
+    cfg = make_cfg("pos=agf_m", "pcmv=true")
+    assert cfg.pcmv is True and cfg.pos.name == "agf_m" and cfg.pe is False
+    validate(cfg)
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["pos=none"], True), (["pos=agf"], False), (["pos=agf_m"], False),
+    (["pos=agf_m", "pe=true"], True), (["pos=none", "pe=false"], False),
+])
+def test_pe_defaults_per_mode_and_command_line_wins(overrides, expected):
+    assert make_cfg(*overrides).pe is expected
+
+
+@pytest.mark.parametrize("bad", [
+    "model.d_modle=3",  # unknown key
+    "model.d_model=abc",  # wrong type
+    "model.norm=middle",  # unknown enum value
+    "pos.apply_to=[enc,sideways]",  # unknown attention type
+    "trainer.precision=fp8",
+    "pcmv=maybe",
+])
+def test_bad_values_fail_at_start_up(bad):
+    with pytest.raises((ConfigCompositionException, OmegaConfBaseException)):
+        cfg = make_cfg("pos=agf", bad)
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+@pytest.mark.parametrize("added", ["+model.d_modle=3", "+pos.radius=3", "+lr=1"])
+def test_keys_added_with_plus_are_rejected_at_start_up(added):
+    with pytest.raises(ConfigError, match="unknown key"):
+        validate(make_cfg("pos=agf", added))
+
+
+def test_unknown_mode_lists_the_available_ones():
+    with pytest.raises(ConfigCompositionException) as err:
+        make_cfg("pos=gravity")
+    assert "agf_m" in str(err.value)
+
+
+def test_pcmv_without_coefficient_is_rejected():
+    with pytest.raises(ConfigError, match="pcmv=true is not defined for pos=none"):
+        validate(make_cfg("pos=none", "pcmv=true"))
+
+
+def test_sdpa_backend_with_multiplicative_mode_is_rejected():
+    with pytest.raises(ConfigError, match="attn_backend=sdpa cannot"):
+        validate(make_cfg("pos=agf", "model.attn_backend=sdpa"))
+    validate(make_cfg("pos=none", "model.attn_backend=sdpa"))
+
+
+def test_cli_prints_composed_config():
+    out = subprocess.run([sys.executable, "run.py", "pos=agf_m", "pcmv=true", "--cfg", "job"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    printed = OmegaConf.create(out.stdout)
+    assert printed.pos.name == "agf_m" and printed.pcmv is True and printed.pos.max_distance == 128
+
+
+def test_cli_rejects_wrong_key_with_hydra_message():
+    out = subprocess.run([sys.executable, "run.py", "model.d_modle=3"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0
+    assert "d_modle" in out.stderr

@@ -1,0 +1,175 @@
+"""End-to-end training: learning, resume, checkpoints, NaN guard, evaluation CLI, real data."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import agf_exp.training as training
+from agf_exp import checkpoint, evaluate
+from agf_exp.training import Trainer, TrainingError, train
+
+from .conftest import make_cfg
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["experiment=smoke", "trainer.decode_strategies=[greedy]", "trainer.max_decode_sentences=20"]
+
+
+def read_metrics(run: Path):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One smoke training of AGF-M + PCM-V on the synthetic task, shared by several tests."""
+    run = tmp_path_factory.mktemp("smoke")
+    summary = train(make_cfg("experiment=smoke", "pos=agf_m", "pcmv=true"), run)
+    return run, summary
+
+
+def test_smoke_training_learns(smoke_run):
+    run, summary = smoke_run
+    evals = read_metrics(run)
+    assert [e["epoch"] for e in evals] == [1, 2]
+    chance = 100.0 / summary["vocab_size"]
+    assert evals[-1]["val_acc"] > 20 * chance  # well above chance (~0.6 %)
+    assert evals[-1]["val_acc"] > evals[0]["val_acc"] and evals[-1]["val_loss"] < evals[0]["val_loss"]
+    assert summary["status"] == "complete"
+    assert summary["parameters"]["positional"] > 0
+    for key in ("valid/greedy", "valid/beam", "test/greedy", "test/beam"):
+        scores = summary["decoding"][key]
+        assert scores["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+        assert 0 <= scores["bleu"] <= 100 and scores["chrf"] > 0
+    for name in ("config.yaml", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt", "hyps/test.beam.txt"):
+        assert (run / name).is_file(), name
+    assert len((run / "hyps/test.beam.txt").read_text().splitlines()) == 50
+    for key in ("device", "torch", "python", "git_commit", "train_seconds", "wall_seconds_this_session"):
+        assert key in summary
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
+    overrides = [*FAST, "pos=agf", "pcmv=true", "trainer.decode_splits=[valid]"]
+    straight = tmp_path / "straight"
+    train(make_cfg(*overrides), straight)
+
+    resumed = tmp_path / "resumed"
+    original = Trainer._update
+
+    def interrupt_at_step_20(self, examples, group):
+        if self.state.step == 20:
+            raise KeyboardInterrupt
+        return original(self, examples, group)
+
+    monkeypatch.setattr(Trainer, "_update", interrupt_at_step_20)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(*overrides), resumed)
+    state = checkpoint.load(resumed / "checkpoints/last.pt")["state"]
+    assert state["step"] == 20 and state["epoch"] == 0 and state["batch_in_epoch"] == 20
+    monkeypatch.setattr(Trainer, "_update", original)
+    train(make_cfg(*overrides), resumed)
+
+    timing = {"tokens_per_s", "train_seconds", "val_seconds", "train_loss"}
+    a = [{k: v for k, v in e.items() if k not in timing} for e in read_metrics(straight)]
+    b = [{k: v for k, v in e.items() if k not in timing} for e in read_metrics(resumed)]
+    assert a == b
+    wa = checkpoint.load(straight / "checkpoints/last.pt")["model"]
+    wb = checkpoint.load(resumed / "checkpoints/last.pt")["model"]
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0)
+    sa = json.loads((straight / "summary.json").read_text())
+    sb = json.loads((resumed / "summary.json").read_text())
+    assert sa["decoding"]["valid/greedy"]["bleu"] == sb["decoding"]["valid/greedy"]["bleu"]
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = training.smoothed_loss
+
+    def poisoned(logits, gold, ls):
+        calls["n"] += 1
+        loss = real(logits, gold, ls)
+        return loss * float("nan") if calls["n"] > 40 else loss  # epoch 2 of 35 batches
+
+    monkeypatch.setattr(training, "smoothed_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"training loss is nan at step \d+ .*last\.pt.*trainer\.lr"):
+        train(make_cfg(*FAST), tmp_path)
+    state = checkpoint.load(tmp_path / "checkpoints/last.pt")["state"]
+    assert state["epoch"] == 1  # the good epoch-1 checkpoint is still there and readable
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    checkpoint.save_atomic({"x": torch.ones(3)}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        checkpoint.save_atomic({"x": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(checkpoint.load(path)["x"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+
+
+def test_evaluate_cli_on_a_split_and_on_a_file(smoke_run, tmp_path, capsys):
+    run, _ = smoke_run
+    ckpt = run / "checkpoints/best.pt"
+    assert evaluate.main([f"ckpt={ckpt}", "split=test", "strategy=greedy", "max_sentences=30",
+                          f"output={tmp_path / 'test.hyp'}"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sentences"] == 30 and "bleu_signature" in result and result["acc"] > 0
+    assert len((tmp_path / "test.hyp").read_text().splitlines()) == 30
+
+    src = tmp_path / "in.txt"
+    src.write_text("the ka lo .\na mi ne ru .\n")
+    assert evaluate.main([f"ckpt={ckpt}", f"input={src}", "strategy=beam", "beam_size=2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(Path(result["output"]).read_text().splitlines()) == 2
+    assert evaluate.main([f"ckpt={ckpt}"]) == 2  # neither split nor input: a clear error
+    assert "exactly one of split" in capsys.readouterr().err
+
+
+def test_cli_run_and_clear_data_error(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ok = subprocess.run([sys.executable, "run.py", *FAST, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'r'}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert json.loads((tmp_path / "r/summary.json").read_text())["status"] == "complete"
+    bad = subprocess.run([sys.executable, "run.py", "data=multi30k", f"data.root={tmp_path / 'missing'}",
+                          f"hydra.run.dir={tmp_path / 'bad'}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert bad.returncode == 2
+    assert "DataError" in bad.stderr + bad.stdout and "MULTI30K_ROOT" in bad.stderr + bad.stdout
+
+
+def test_wandb_offline_run_is_written_and_finished(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    summary = train(make_cfg(*FAST, "trainer.max_epochs=1", "logger=wandb"), tmp_path / "run")
+    runs = list((tmp_path / "run/wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and summary["wandb_id"] and summary["wandb_id"] in runs[0].name
+    assert list(runs[0].glob("run-*.wandb"))
+    assert "api_key" not in (tmp_path / "run/config.yaml").read_text().lower()
+
+
+@pytest.mark.multi30k
+def test_short_multi30k_run_loss_falls(tmp_path, multi30k_root):
+    cfg = make_cfg("data=multi30k", f"data.root={multi30k_root}", "data.vocab_size=2000", "data.subword_model=bpe",
+                   "model=tiny", "trainer.max_steps=240", "trainer.eval_every_steps=80", "trainer.batch_tokens=1500",
+                   "trainer.warmup_steps=100", "trainer.lr=2e-3", "trainer.decode_strategies=[greedy]",
+                   "trainer.decode_splits=[test]", "trainer.max_decode_sentences=20", "trainer.progress=false")
+    train(cfg, tmp_path)
+    evals = read_metrics(tmp_path)
+    assert [e["step"] for e in evals] == [80, 160, 240]
+    losses = [e["val_loss"] for e in evals]
+    assert losses[0] > losses[1] > losses[2]
+    assert evals[-1]["val_acc"] > evals[0]["val_acc"]
