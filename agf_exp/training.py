@@ -58,6 +58,7 @@ class TrainState:
     best_epoch: Optional[int] = None
     best_step: Optional[int] = None
     train_seconds: float = 0.0
+    wall_seconds: float = 0.0  # wall-clock time of all sessions of this run (set at each save)
     train_tokens: int = 0
     metric_lines: int = 0
     wandb_id: Optional[str] = None
@@ -168,10 +169,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.state = TrainState()
         self.logger = None
+        self._session_start, self._wall_before = time.perf_counter(), 0.0
+
+    def wall_seconds(self) -> float:
+        return self._wall_before + time.perf_counter() - self._session_start
 
     # ---- checkpoints -------------------------------------------------------------------------
 
     def _payload(self, full: bool) -> Dict[str, Any]:
+        self.state.wall_seconds = self.wall_seconds()
         payload = {
             "model": self.model.state_dict(),
             "config": self.config,
@@ -196,6 +202,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.state = TrainState(**ckpt["state"])
+        self._wall_before = self.state.wall_seconds
         changed = _diff(ckpt["config"], self.config)
         if changed:
             log.warning("resuming with a changed config: %s", ", ".join(changed))
@@ -385,7 +392,6 @@ def _diff(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> list:
 
 def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
     """Train (or resume) one run in ``run_dir`` and return its summary."""
-    wall_start = time.perf_counter()
     trainer = Trainer(cfg, Path(run_dir))
     trainer.try_resume()
     st = trainer.state
@@ -417,7 +423,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
             "epochs": st.epoch, "steps": st.step,
             "train_seconds": st.train_seconds,
             "train_tokens_per_s": st.train_tokens / st.train_seconds if st.train_seconds else None,
-            "wall_seconds_this_session": time.perf_counter() - wall_start,
+            "wall_seconds": trainer.wall_seconds(),
             "device": str(trainer.device) + (f" ({torch.cuda.get_device_name()})" if trainer.device.type == "cuda" else ""),
             "autocast": str(trainer.amp_dtype),
             "cpu_threads": torch.get_num_threads(),
