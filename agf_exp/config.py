@@ -7,7 +7,7 @@ with Hydra's message. The groups:
 =========== =========================================== =====================================
 group       schema                                      options (conf/<group>/*.yaml)
 =========== =========================================== =====================================
-pos         ``PosConfig`` subclass of each mode          none, agf, agf_m, ...
+pos         ``PosConfig`` subclass of each mode          none, agf, agf_m, agf_l, alibi, ...
 model       :class:`agf_exp.model.ModelConfig`           tiny, small, transformer_big
 data        ``DataConfig`` subclass of each source       synthetic, multi30k, files
 trainer     :class:`TrainerConfig`                       default
@@ -157,17 +157,22 @@ def validate(cfg: DictConfig) -> None:
     for group in ("pos", "model", "data", "trainer", "logger"):
         _check_no_extra_keys(cfg[group], f"{group}.")
     mode = modes[cfg.pos.name].module_class
-    if cfg.pcmv and not (mode.multiplicative or mode.additive):
+    if cfg.pcmv and not mode.supports_value_coefficient():
         raise ConfigError(
             f"pcmv=true is not defined for pos={cfg.pos.name}: PCM-V scales the values by the "
             "positional coefficient (or by exp(bias) for additive modes) and this mode has neither. "
             "Drop pcmv=true or pick a relative mode such as pos=agf or pos=agf_m."
         )
-    if cfg.model.attn_backend == "sdpa" and (mode.multiplicative or cfg.pcmv):
-        raise ConfigError(
-            f"model.attn_backend=sdpa cannot apply a multiplicative coefficient or PCM-V (pos={cfg.pos.name}, "
-            f"pcmv={cfg.pcmv}); use model.attn_backend=auto (SDPA where it applies) or eager"
-        )
+    from .attention import AttnBackend, backend_problem
+
+    backend = AttnBackend(cfg.model.attn_backend).value
+    problem = backend_problem(backend, mode, cfg.pcmv)
+    if problem:
+        raise ConfigError(f"model.attn_backend={backend} cannot run pos={cfg.pos.name} pcmv={cfg.pcmv}: "
+                          f"{problem}; use model.attn_backend=auto (the fastest correct path) or eager")
+    if backend == "flex" and cfg.model.attn_dropout > 0:
+        raise ConfigError(f"model.attn_backend=flex has no attention dropout (model.attn_dropout="
+                          f"{cfg.model.attn_dropout}); set model.attn_dropout=0 or use model.attn_backend=auto")
     for split in cfg.trainer.decode_splits:
         if split not in ("train", "valid", "test"):
             raise ConfigError(f"trainer.decode_splits has {split!r}; use train, valid or test")

@@ -24,6 +24,9 @@ class NullLogger:
     def summary(self, values: Dict[str, Any]) -> None:
         pass
 
+    def log_images(self, images: Dict[str, Path], step: int) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
@@ -62,6 +65,9 @@ class WandbLogger:
     def summary(self, values: Dict[str, Any]) -> None:
         for key, value in values.items():
             self.run.summary[key] = value
+
+    def log_images(self, images: Dict[str, Path], step: int) -> None:
+        self.run.log({key: self.wandb.Image(str(path)) for key, path in images.items()}, step=step)
 
     def finish(self) -> None:
         self.run.finish()

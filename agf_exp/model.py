@@ -44,7 +44,7 @@ class ModelConfig:
     norm: Norm = Norm.pre
     share_embeddings: bool = True  # one embedding for source and target (joint vocabulary)
     tie_output: bool = True  # output projection = target embedding
-    attn_backend: AttnBackend = AttnBackend.auto
+    attn_backend: AttnBackend = AttnBackend.auto  # auto | eager | sdpa | flex (README: Attention backends)
     max_positions: int = 1024  # length of the sinusoidal PE table
 
 

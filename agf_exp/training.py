@@ -351,6 +351,22 @@ class Trainer:
 
     # ---- final evaluation --------------------------------------------------------------------
 
+    def draw_fields(self) -> None:
+        """PNGs of the learned positional fields of the decoded (best) model in ``<run dir>/fields``,
+        also logged to W&B. A plotting failure is logged, never fatal: the run is already complete."""
+        from .plot_fields import draw, fields
+
+        field_list = fields(self.model)
+        if not field_list:
+            return
+        try:
+            written = draw(field_list, self.run_dir / "fields", title=f"pos={self.config['pos']['name']}")
+        except Exception as e:  # e.g. no matplotlib backend: the run's results are already saved
+            log.warning("could not draw the positional fields: %s", e)
+            return
+        log.info("positional fields drawn in %s", self.run_dir / "fields")
+        self.logger.log_images({f"fields/{name}": path for name, path in written.items()}, step=self.state.step)
+
     def final_decode(self) -> Dict[str, Any]:
         t = self.tcfg
         best = self.ckpt_dir / "best.pt"
@@ -405,6 +421,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
     try:
         trainer.fit()
         decoded = trainer.final_decode()
+        trainer.draw_fields()
         last = {}
         metrics_path = trainer.run_dir / "metrics.jsonl"
         if metrics_path.is_file() and metrics_path.stat().st_size:

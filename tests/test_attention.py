@@ -122,7 +122,11 @@ def test_sdpa_refuses_multiplicative_modes():
     with pytest.raises(ValueError, match="attn_backend=sdpa cannot"):
         MultiHeadAttention(16, 4, AttnType.enc, AGFMConfig(), backend=AttnBackend.sdpa)
     auto = MultiHeadAttention(16, 4, AttnType.enc, AGFMConfig(), backend=AttnBackend.auto)
-    assert not auto.use_sdpa
+    assert auto.resolve_backend(torch.device("cpu")) == AttnBackend.eager
+    assert auto.resolve_backend(torch.device("cuda")) == AttnBackend.flex
+    dropping = MultiHeadAttention(16, 4, AttnType.enc, AGFMConfig(), dropout=0.1, backend=AttnBackend.auto)
+    assert dropping.resolve_backend(torch.device("cuda")) == AttnBackend.eager  # flex has no attention dropout
+    assert dropping.eval().resolve_backend(torch.device("cuda")) == AttnBackend.flex
 
 
 def test_pcmv_rejected_for_mode_without_coefficient():

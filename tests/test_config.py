@@ -103,9 +103,23 @@ def test_unknown_mode_lists_the_available_ones():
     assert "agf_m" in str(err.value)
 
 
-def test_pcmv_without_coefficient_is_rejected():
-    with pytest.raises(ConfigError, match="pcmv=true is not defined for pos=none"):
-        validate(make_cfg("pos=none", "pcmv=true"))
+@pytest.mark.parametrize("mode", ["none", "rope"])
+def test_pcmv_without_coefficient_is_rejected(mode):
+    with pytest.raises(ConfigError, match=f"pcmv=true is not defined for pos={mode}"):
+        validate(make_cfg(f"pos={mode}", "pcmv=true"))
+
+
+@pytest.mark.parametrize("mode", ["agf", "alibi_bl", "alibi_bl_mul", "kerple_log", "t5"])
+def test_pcmv_is_accepted_for_modes_with_a_coefficient_or_bias(mode):
+    validate(make_cfg(f"pos={mode}", "pcmv=true"))
+
+
+def test_flex_backend_checks():
+    with pytest.raises(ConfigError, match="attn_backend=flex cannot run pos=agf_l"):
+        validate(make_cfg("pos=agf_l", "model.attn_backend=flex", "model.attn_dropout=0"))
+    with pytest.raises(ConfigError, match="set model.attn_dropout=0"):
+        validate(make_cfg("pos=agf_m", "model.attn_backend=flex"))
+    validate(make_cfg("pos=agf_m", "pcmv=true", "model.attn_backend=flex", "model.attn_dropout=0"))
 
 
 def test_sdpa_backend_with_multiplicative_mode_is_rejected():

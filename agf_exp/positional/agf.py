@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import AttnType, PosConfig, PositionalMode, PosTerms, register_mode, split_direction
+from .base import AttnType, PosConfig, PositionalMode, PosTable, register_mode, split_direction
 
 
 @dataclass
@@ -70,8 +70,7 @@ class AGF(PositionalMode):
         d = torch.arange(n_dist, device=self.log_g.device, dtype=torch.float32)
         return g.log()[..., None] - k[..., None] * torch.log1p(d * inv_r[..., None])
 
-    def terms(self, delta: torch.Tensor) -> PosTerms:
-        direction, dist = split_direction(delta)
-        table = self.log_coef_table(int(dist.max()) + 1)  # [2, H, D]
-        log_c = table[direction, :, dist]  # [Lq, Lk, H]
-        return PosTerms(log_c.permute(2, 0, 1).exp(), None)
+    def table(self, offsets: torch.Tensor) -> PosTable:
+        direction, dist = split_direction(offsets)
+        log_c = self.log_coef_table(int(dist.max()) + 1)[direction, :, dist]  # [R, H]
+        return PosTable(log_coef=log_c.T)

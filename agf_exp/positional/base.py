@@ -1,16 +1,21 @@
 """The positional-mode plug-in interface.
 
 A positional mode is an ``nn.Module`` owned by one attention module (one per layer and
-attention type). Given the query and key positions it returns the terms that enter that
-attention's logits, all indexed by the signed relative distance ``delta = n - m``
-(key minus query):
+attention type). It enters attention in one or more of four ways, declared by class flags:
 
-* ``coef``  -- a multiplicative coefficient ``C[h, m, n] > 0``: ``logit = s * C`` (the paper's
-  PosCoeff; AGF, AGF-M, ...).
-* ``bias``  -- an additive bias ``B[h, m, n]``: ``logit = s + B`` (ALiBi, KERPLE, T5, ...).
+* ``multiplicative`` -- a coefficient ``C[h, m, n] > 0`` that multiplies the logit,
+  ``logit = s * C`` (the paper's PosCoeff: AGF, AGF-M, AGF-L, ALiBi-B-L-Mul).
+* ``additive`` -- a bias ``B[h, m, n]`` added to the logit, ``logit = s + B`` (ALiBi, ALiBi-B-L,
+  KERPLE, T5).
+* ``channelwise`` -- a per-feature weight ``W[h, m, n, c]`` inside the dot product,
+  ``s = sum_c q_c k_c W_c / sqrt(d)`` (AGF-L's LC3).
+* ``rotary`` -- a rotation of q and k by their absolute positions (RoPE); see :meth:`rotate`.
 
-Both are ``[H, Lq, Lk]`` tensors (or ``None``). Each mode builds them from an ``O(H * L)``
-table indexed by relative distance, never with Python loops over heads or pairs.
+The first three depend only on the signed relative distance ``delta = n - m`` (key minus
+query). A mode implements :meth:`table`, which returns them for a 1-D range of offsets as an
+``O(H * L)`` table (``log C`` rather than ``C``, so fused kernels can add it in log space);
+:meth:`terms` gathers that table into ``[H, Lq, Lk]`` matrices for the eager path, and the
+fused backends index the same table inside their kernels. Nothing loops over heads or pairs.
 
 Directions: ``delta <= 0`` (the key is the query itself or lies before it) is the *left* side
 (index 0), ``delta > 0`` the *right* side (index 1). The causal decoder therefore only ever
@@ -53,9 +58,20 @@ class PosConfig:
     default_pe: bool = False
 
 
+class PosTable(NamedTuple):
+    """The positional terms for a 1-D range of offsets (``R`` of them)."""
+
+    log_coef: Optional[torch.Tensor] = None  # [H, R]: log C (multiplicative modes)
+    bias: Optional[torch.Tensor] = None  # [H, R]: B (additive modes)
+    channel: Optional[torch.Tensor] = None  # [H, R, d_head]: W (channelwise modes)
+
+
 class PosTerms(NamedTuple):
-    coef: Optional[torch.Tensor]  # [H, Lq, Lk], > 0
-    bias: Optional[torch.Tensor]  # [H, Lq, Lk]
+    """The positional terms for a ``[Lq, Lk]`` matrix of offsets (what the eager path uses)."""
+
+    coef: Optional[torch.Tensor] = None  # [H, Lq, Lk], > 0
+    bias: Optional[torch.Tensor] = None  # [H, Lq, Lk]
+    channel: Optional[torch.Tensor] = None  # [H, Lq, Lk, d_head]
 
 
 class PositionalMode(nn.Module):
@@ -66,6 +82,12 @@ class PositionalMode(nn.Module):
     multiplicative: bool = False
     #: True when the mode yields an additive bias B (PCM-V-Exp scales values by exp(B)).
     additive: bool = False
+    #: True when the mode yields a per-channel weight inside the dot product (AGF-L).
+    channelwise: bool = False
+    #: True when the mode rotates q and k (RoPE): :meth:`rotate` is called on both.
+    rotary: bool = False
+    #: With PCM-V, also scale value channel c by the channel weight W[..., c] (AGF-L option).
+    channel_values: bool = False
 
     def __init__(self, cfg: PosConfig, n_heads: int, d_head: int, attn_type: AttnType):
         super().__init__()
@@ -74,14 +96,41 @@ class PositionalMode(nn.Module):
         self.d_head = d_head
         self.attn_type = attn_type
 
-    @property
-    def supports_value_coefficient(self) -> bool:
+    @classmethod
+    def supports_value_coefficient(cls) -> bool:
         """Whether PCM-V (or PCM-V-Exp) is defined for this mode."""
-        return self.multiplicative or self.additive
+        return cls.multiplicative or cls.additive
+
+    @property
+    def relative(self) -> bool:
+        """Whether the mode has terms indexed by relative distance (``table`` is defined)."""
+        return self.multiplicative or self.additive or self.channelwise
+
+    def table(self, offsets: torch.Tensor) -> PosTable:
+        """The terms for a 1-D tensor of signed offsets ``n - m``: each ``[H, len(offsets)]``
+        (``channel``: ``[H, len(offsets), d_head]``). Modes with relative terms override this."""
+        return PosTable()
 
     def terms(self, delta: torch.Tensor) -> PosTerms:
-        """Return the positional terms for a ``[Lq, Lk]`` matrix of signed offsets ``n - m``."""
-        raise NotImplementedError
+        """The terms for a ``[Lq, Lk]`` matrix of signed offsets, gathered from one
+        :meth:`table` over the offsets' range (computed once per call)."""
+        if not self.relative:
+            return PosTerms()
+        lo, hi = int(delta.min()), int(delta.max())
+        tab = self.table(torch.arange(lo, hi + 1, device=delta.device))
+        idx = delta - lo
+        return PosTerms(
+            None if tab.log_coef is None else tab.log_coef[:, idx].exp(),
+            None if tab.bias is None else tab.bias[:, idx],
+            None if tab.channel is None else tab.channel[:, idx],
+        )
+
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotary modes: transform ``x [B, H, L, d_head]`` at absolute ``positions [L]``."""
+        return x
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
 
     def extra_repr(self) -> str:
         return f"heads={self.n_heads}, attn_type={self.attn_type.value}"

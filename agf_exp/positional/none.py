@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from .base import PosConfig, PositionalMode, PosTerms, register_mode
+from .base import PosConfig, PositionalMode, register_mode
 
 
 @dataclass
@@ -19,6 +17,3 @@ class NoneConfig(PosConfig):
 @register_mode(NoneConfig)
 class NoPositional(PositionalMode):
     """0 parameters."""
-
-    def terms(self, delta: torch.Tensor) -> PosTerms:
-        return PosTerms(None, None)
