@@ -324,8 +324,10 @@ class MultiHeadAttention(nn.Module):
             parts = [t.float() for t in (tab.log_coef, tab.bias) if t is not None]
             value_log = parts[0] if len(parts) == 1 else parts[0] + parts[1]
         pad = key_padding_mask
-        shift = q_offset + lo  # table index of offset (kv - (q + q_offset)) is kv - q - shift
-        causal, q_off = self.causal, q_offset
+        # table index of the offset kv - (q + q_offset) is kv - q - shift; both integers are
+        # captured as tensors so a compiled kernel is not specialised (recompiled) per length/step
+        shift = torch.tensor(q_offset + lo, device=q.device)
+        causal, q_off = self.causal, torch.tensor(q_offset, device=q.device)
         neg_inf = float("-inf")
 
         def make_score_mod(extra):

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from . import checkpoint
-from .config import Precision, to_container, validate
+from .config import ConfigError, Precision, to_container, validate
 from .data import DataBundle, collate, make_batches, prepare_data
 from .atomic import atomic_write_bytes
 from .evaluation import autocast, evaluate_split, score_translations, smoothed_loss, translate
@@ -159,6 +159,9 @@ class Trainer:
         if self.tcfg.num_threads:
             torch.set_num_threads(self.tcfg.num_threads)
         self.device = resolve_device(self.tcfg.device.value)
+        if self.device.type == "cpu" and str(getattr(cfg.model.attn_backend, "value", cfg.model.attn_backend)) == "flex":
+            raise ConfigError(f"model.attn_backend=flex cannot train on CPU: flex_attention in torch {torch.__version__} "
+                              "has no CPU backward; use model.attn_backend=auto (eager/SDPA on CPU, flex on CUDA)")
         self.amp_dtype = resolve_precision(self.tcfg.precision, self.device)
         seed_everything(cfg.seed)
         self.data: DataBundle = prepare_data(cfg.data, cfg.seed)

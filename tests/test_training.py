@@ -173,3 +173,13 @@ def test_short_multi30k_run_loss_falls(tmp_path, multi30k_root):
     losses = [e["val_loss"] for e in evals]
     assert losses[0] > losses[1] > losses[2]
     assert evals[-1]["val_acc"] > evals[0]["val_acc"]
+
+
+def test_flex_backend_refuses_to_train_on_cpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only refusal")
+    from agf_exp.config import ConfigError
+
+    cfg = make_cfg("experiment=smoke", "pos=agf_m", "model.attn_backend=flex", "model.attn_dropout=0")
+    with pytest.raises(ConfigError, match="cannot train on CPU"):
+        Trainer(cfg, tmp_path / "run")
