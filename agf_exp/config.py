@@ -12,7 +12,10 @@ model       :class:`agf_exp.model.ModelConfig`           tiny, small, transforme
 data        ``DataConfig`` subclass of each source       synthetic, multi30k, files
 trainer     :class:`TrainerConfig`                       default
 logger      :class:`LoggerConfig`                        none, wandb
-experiment  (``@package _global_`` overrides)            smoke, small, paper
+experiment  (``@package _global_`` overrides)            quick, smoke, small, paper
+row         (``@package _global_``: mode + toggles)      vanilla, agf, agf_m_pcmv, ... (paper rows)
+table       (``@package _global_`` multirun sweeps in    table1 ... table6 (``+table=table4``)
+            ``sweeps/table/``, on Hydra's search path)
 =========== =========================================== =====================================
 """
 from __future__ import annotations
@@ -116,6 +119,9 @@ class Config:
     sco: bool = False  # SCO: logits q.k / ||k|| instead of q.k / sqrt(d)
     pe: bool = "${pos.default_pe}"  # type: ignore[assignment]  # absolute sinusoidal PE; default per mode
     run_name: str = "${pos.name}"
+    experiment: str = "custom"  # set by conf/experiment/<name>.yaml; names sweep dirs and W&B tags
+    row: Optional[str] = None  # set by conf/row/<row>.yaml: a named row of the paper's tables
+    table: Optional[str] = None  # set by a table sweep (sweeps/table/<table>.yaml): the W&B group
 
 
 def register_configs() -> None:
@@ -173,6 +179,16 @@ def validate(cfg: DictConfig) -> None:
     if backend == "flex" and cfg.model.attn_dropout > 0:
         raise ConfigError(f"model.attn_backend=flex has no attention dropout (model.attn_dropout="
                           f"{cfg.model.attn_dropout}); set model.attn_dropout=0 or use model.attn_backend=auto")
+    if cfg.table is not None:
+        from .tables import table
+
+        try:
+            spec = table(cfg.table)
+        except KeyError as e:
+            raise ConfigError(str(e.args[0])) from None
+        if not spec.rows:
+            raise ConfigError(f"{spec.name} has no training runs ({spec.title}); "
+                              f"print it with `python -m agf_exp.report {spec.name}`")
     for split in cfg.trainer.decode_splits:
         if split not in ("train", "valid", "test"):
             raise ConfigError(f"trainer.decode_splits has {split!r}; use train, valid or test")

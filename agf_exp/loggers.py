@@ -27,8 +27,20 @@ class NullLogger:
     def log_images(self, images: Dict[str, Path], step: int) -> None:
         pass
 
+    def save_files(self, paths) -> None:
+        pass
+
     def finish(self) -> None:
         pass
+
+
+def auto_tags(config: Dict[str, Any]) -> list:
+    """Tags every W&B run gets from its config: mode, toggles, experiment, seed, table and row."""
+    tags = [f"pos:{config['pos']['name']}"]
+    tags += [name for name in ("pcmv", "sco", "pe") if config.get(name)]
+    tags += [f"experiment:{config.get('experiment')}", f"seed:{config.get('seed')}"]
+    tags += [f"{key}:{config[key]}" for key in ("table", "row") if config.get(key)]
+    return tags
 
 
 def _has_api_key() -> bool:
@@ -50,10 +62,12 @@ class WandbLogger:
         if mode == "auto":
             mode = "online" if _has_api_key() else "offline"
         self.wandb = wandb
+        self.run_dir = Path(run_dir)
         self.run = wandb.init(
-            project=cfg.project, entity=cfg.entity, group=cfg.group, name=cfg.job_name or default_name,
-            tags=list(cfg.tags), config=config, dir=str(run_dir), mode=mode, id=run_id, resume="allow",
-            reinit="finish_previous",
+            project=cfg.project, entity=cfg.entity, group=cfg.group or config.get("table"),
+            name=cfg.job_name or config.get("row") or default_name,
+            tags=list(cfg.tags) + auto_tags(config), config=config, dir=str(run_dir), mode=mode, id=run_id,
+            resume="allow", reinit="finish_previous",
         )
         self.run_id = self.run.id if self.run is not None else None
         if mode == "offline":
@@ -69,6 +83,12 @@ class WandbLogger:
     def log_images(self, images: Dict[str, Path], step: int) -> None:
         self.run.log({key: self.wandb.Image(str(path)) for key, path in images.items()}, step=step)
 
+    def save_files(self, paths) -> None:
+        """Attach run-dir files (summary.json, translations) to the W&B run, so that
+        ``python -m agf_exp.report --wandb`` can run the paired bootstrap from W&B alone."""
+        for path in paths:
+            self.run.save(str(path), base_path=str(self.run_dir), policy="now")
+
     def finish(self) -> None:
         self.run.finish()
 
@@ -80,3 +100,59 @@ def build_logger(cfg, config: Dict[str, Any], run_dir: Path, run_id: Optional[st
     if cfg.name == "wandb":
         return WandbLogger(cfg, config, run_dir, run_id, default_name)
     raise ValueError(f"unknown logger {cfg.name!r}; use logger=none or logger=wandb")
+
+
+def read_offline_run(wandb_file: Path) -> Dict[str, Any]:
+    """Read back what a W&B run logged, from its ``run-<id>.wandb`` file (an offline run, or a run
+    not yet synced), decoding each record with wandb's own protobuf schema (``wandb.proto``).
+
+    Returns ``{"run": {id, group, name, tags, project}, "config": {...}, "history": [rows],
+    "summary": {...}}``. The file is wandb's LevelDB-style log: a 7-byte header (``:W&B``, magic,
+    version), then 32 KiB blocks of chunks, each ``crc32c (4) | length (2, LE) | type (1)``
+    (1 full, 2 first, 3 middle, 4 last).
+    """
+    import json as _json
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(wandb_file).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{wandb_file} is not a W&B transaction log (no ':W&B' header)")
+
+    def value(item) -> Any:
+        return _json.loads(item.value_json)
+
+    def key(item) -> str:
+        return item.key or "/".join(item.nested_key)
+
+    out: Dict[str, Any] = {"run": {}, "config": {}, "history": [], "summary": {}}
+    pos, block, chunks = 7, 32768, []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a chunk header is zero padding
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            continue
+        chunks.append(payload)
+        if kind not in (1, 4):
+            continue
+        record = pb.Record()
+        record.ParseFromString(b"".join(chunks))
+        chunks = []
+        which = record.WhichOneof("record_type")
+        if which == "run":
+            r = record.run
+            out["run"] = {"id": r.run_id, "group": r.run_group, "name": r.display_name, "tags": list(r.tags),
+                          "project": r.project}
+            out["config"].update({key(i): value(i) for i in r.config.update})
+        elif which == "config":
+            out["config"].update({key(i): value(i) for i in record.config.update})
+        elif which == "history":
+            out["history"].append({key(i): value(i) for i in record.history.item})
+        elif which == "summary":
+            out["summary"].update({key(i): value(i) for i in record.summary.update})
+    out["config"].pop("_wandb", None)
+    return out

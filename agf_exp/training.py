@@ -9,6 +9,13 @@ Run-dir layout (``hydra.run.dir``, or the ``run_dir`` argument)::
     checkpoints/last.pt    full state (model, optimizer, scaler, step, epoch position, RNG states)
     checkpoints/best.pt    weights of the best evaluation by ``trainer.best_metric``
     hyps/<split>.<strategy>.txt   detokenised translations
+    hyps/<split>.ref.txt          the references they are scored against (for paired bootstrap)
+    curves.png             learning curves of metrics.jsonl (also logged to W&B)
+
+Re-running a run dir whose ``summary.json`` is complete and whose config is the same returns that
+summary without training (so a re-run sweep skips finished runs); a finished run asked for a longer
+budget (``trainer.max_epochs/max_steps/max_minutes``) continues from ``last.pt``; a finished run of
+any other config is refused rather than overwritten.
 
 Re-running with the same run dir resumes from ``last.pt`` (``trainer.resume=true``): the batch
 order of an epoch depends only on (seed, epoch) and the RNG states are restored, so a resumed
@@ -370,6 +377,18 @@ class Trainer:
         log.info("positional fields drawn in %s", self.run_dir / "fields")
         self.logger.log_images({f"fields/{name}": path for name, path in written.items()}, step=self.state.step)
 
+    def draw_curves(self) -> None:
+        """``<run dir>/curves.png``: validation accuracy and losses per epoch, also logged to W&B."""
+        from .report import plot_run_curves
+
+        try:
+            path = plot_run_curves(self.run_dir)
+        except Exception as e:  # never fatal: the run's results are already saved
+            log.warning("could not draw the learning curves: %s", e)
+            return
+        if path is not None:
+            self.logger.log_images({"curves/learning_curves": path}, step=self.state.step)
+
     def final_decode(self) -> Dict[str, Any]:
         t = self.tcfg
         best = self.ckpt_dir / "best.pt"
@@ -389,6 +408,7 @@ class Trainer:
                                  batch_sentences=t.decode_batch_sentences, device=self.device,
                                  amp_dtype=self.amp_dtype)
                 atomic_write_bytes(hyp_dir / f"{split}.{strategy}.txt", ("\n".join(hyps) + "\n").encode())
+                atomic_write_bytes(hyp_dir / f"{split}.ref.txt", ("\n".join(refs) + "\n").encode())
                 scores = score_translations(hyps, refs)
                 scores["seconds"] = time.perf_counter() - start
                 results[f"{split}/{strategy}"] = scores
@@ -409,8 +429,56 @@ def _diff(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> list:
     return out
 
 
+# keys that do not change what a run computes: a finished run is still "the same run" without them
+_RESULT_NEUTRAL = ("logger", "trainer.progress", "trainer.log_every_steps", "trainer.num_threads", "table")
+# a finished run asked for a longer budget continues from last.pt instead of being refused
+_BUDGET = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_minutes")
+
+
+def _without(config: Dict[str, Any], dotted_keys) -> Dict[str, Any]:
+    out = json.loads(json.dumps(config))
+    for dotted in dotted_keys:
+        *parents, last = dotted.split(".")
+        node = out
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
+def completed_summary(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The summary of a finished run of this config in ``run_dir``, or None if it must (re)train.
+    Raises :class:`ConfigError` when ``run_dir`` holds a finished run of a different config."""
+    summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
+    if not (summary_path.is_file() and config_path.is_file()):
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if summary.get("status") != "complete":
+        return None
+    done = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    changed = _diff(_without(done, _RESULT_NEUTRAL), _without(to_container(cfg), _RESULT_NEUTRAL))
+    if changed and not _diff(_without(done, _RESULT_NEUTRAL + _BUDGET), _without(to_container(cfg), _RESULT_NEUTRAL + _BUDGET)):
+        log.info("%s is complete but its budget changed (%s): continuing from last.pt", run_dir, "; ".join(changed))
+        return None
+    if changed:
+        raise ConfigError(f"{run_dir} holds a finished run of a different config ({'; '.join(changed[:5])}); "
+                          "move or delete it to retrain, or choose another run dir "
+                          "(hydra.run.dir=... / hydra.sweep.dir=...)")
+    return summary
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
-    """Train (or resume) one run in ``run_dir`` and return its summary."""
+    """Train (or resume) one run in ``run_dir`` and return its summary. A run dir that already
+    holds the finished run of this config is not trained again: its summary is returned."""
+    validate(cfg)
+    done = completed_summary(cfg, Path(run_dir))
+    if done is not None:
+        log.info("%s is complete (summary.json); skipping. Delete it to train again.", run_dir)
+        return done
     trainer = Trainer(cfg, Path(run_dir))
     trainer.try_resume()
     st = trainer.state
@@ -425,6 +493,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
         trainer.fit()
         decoded = trainer.final_decode()
         trainer.draw_fields()
+        trainer.draw_curves()
         last = {}
         metrics_path = trainer.run_dir / "metrics.jsonl"
         if metrics_path.is_file() and metrics_path.stat().st_size:
@@ -432,6 +501,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
         summary = {
             "status": "complete",
             "run_name": str(cfg.run_name),
+            "experiment": str(cfg.experiment), "row": cfg.row, "table": cfg.table,
             "pos": cfg.pos.name, "pcmv": bool(cfg.pcmv), "sco": bool(cfg.sco), "pe": bool(cfg.pe),
             "seed": cfg.seed,
             "data": trainer.data.description,
@@ -461,6 +531,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
             for name in ("bleu", "chrf", "bleu_lc", "bleu_signature", "chrf_signature"):
                 flat[f"{key}/{name}"] = scores[name]
         trainer.logger.summary({**flat, "parameters": params["total"], "positional_parameters": params["positional"]})
+        trainer.logger.save_files([trainer.run_dir / "summary.json", trainer.run_dir / "config.yaml",
+                                   trainer.run_dir / "metrics.jsonl", *sorted((trainer.run_dir / "hyps").glob("*.txt"))])
         return summary
     finally:
         trainer.logger.finish()

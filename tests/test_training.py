@@ -149,18 +149,6 @@ def test_cli_run_and_clear_data_error(tmp_path):
     assert "DataError" in bad.stderr + bad.stdout and "MULTI30K_ROOT" in bad.stderr + bad.stdout
 
 
-def test_wandb_offline_run_is_written_and_finished(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    summary = train(make_cfg(*FAST, "trainer.max_epochs=1", "logger=wandb"), tmp_path / "run")
-    runs = list((tmp_path / "run/wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and summary["wandb_id"] and summary["wandb_id"] in runs[0].name
-    assert list(runs[0].glob("run-*.wandb"))
-    assert "api_key" not in (tmp_path / "run/config.yaml").read_text().lower()
-
-
 @pytest.mark.multi30k
 def test_short_multi30k_run_loss_falls(tmp_path, multi30k_root):
     cfg = make_cfg("data=multi30k", f"data.root={multi30k_root}", "data.vocab_size=2000", "data.subword_model=bpe",

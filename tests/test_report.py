@@ -1,0 +1,129 @@
+"""The report's statistics and tables, on hand-made inputs (the sweeps' end-to-end test is
+tests/test_sweeps.py)."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import sacrebleu
+
+from agf_exp import report
+
+
+def corpus(n=60, seed=0):
+    rng = random.Random(seed)
+    words = "ein mann eine frau zwei hunde spielen im park auf der straße mit einem ball und lachen".split()
+    refs = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(n)]
+    return rng, words, refs
+
+
+def perturb(rng, words, refs, p):
+    return [" ".join(w if rng.random() > p else rng.choice(words) for w in r.split()[: max(1, len(r.split()) - 1)])
+            for r in refs]
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.7, 1.0])
+def test_bleu_from_statistics_equals_sacrebleu(p):
+    rng, words, refs = corpus()
+    hyps = perturb(rng, words, refs, p)
+    hyps[0] = ""  # an empty translation
+    stats = report.bleu_statistics(hyps, refs)
+    assert stats.shape == (60, 10)
+    expected = sacrebleu.BLEU().corpus_score(hyps, [refs]).score
+    assert report.bleu_from_statistics(stats.sum(0)) == pytest.approx(expected, abs=1e-9)
+    # subsets too (what the bootstrap evaluates)
+    idx = np.arange(0, 60, 3)
+    sub = sacrebleu.BLEU().corpus_score([hyps[i] for i in idx], [[refs[i] for i in idx]]).score
+    assert report.bleu_from_statistics(stats[idx].sum(0)) == pytest.approx(sub, abs=1e-9)
+
+
+def test_paired_bootstrap_separates_a_better_system_and_not_identical_ones():
+    rng, words, refs = corpus(200)
+    good = [report.bleu_statistics(perturb(random.Random(s), words, refs, 0.1), refs) for s in (1, 2)]
+    bad = [report.bleu_statistics(perturb(random.Random(s), words, refs, 0.6), refs) for s in (3, 4)]
+    better = report.paired_bootstrap(good, bad, n_samples=300)
+    assert better["diff"] > 10 and better["ci_low"] > 0 and better["p"] < 0.01
+    same = report.paired_bootstrap(good, good, n_samples=300)
+    assert same["diff"] == 0 and same["p"] == 1.0
+    with pytest.raises(report.ReportError, match="same test sentences"):
+        report.paired_bootstrap(good, [bad[0][:10]])
+
+
+def test_mean_ci_uses_student_t():
+    stat = report.mean_ci([1.0, 2.0, 3.0])
+    assert stat["mean"] == 2.0 and stat["std"] == pytest.approx(1.0) and stat["n"] == 3
+    half = 4.302652729911275 / np.sqrt(3)  # t(0.975, 2)
+    assert (stat["ci_low"], stat["ci_high"]) == pytest.approx((2 - half, 2 + half))
+    one = report.mean_ci([5.0])
+    assert one["mean"] == 5.0 and one["std"] is None and one["ci_low"] is None
+    assert report.mean_ci([])["n"] == 0
+
+
+def test_table3_is_computed_by_the_attention_code():
+    result = report.report_table("table3", [])
+    first, second = result["example"]
+    assert first["score"] == pytest.approx(10) and second["score"] == pytest.approx(10)
+    assert first["softmax"] == pytest.approx(0.5) and second["softmax"] == pytest.approx(0.5)
+    assert result["output"] == pytest.approx(0.5 * 100 + 0.5 * 20)
+    assert result["output_pcmv"] == pytest.approx(0.5 * 0.1 * 100 + 0.5 * 0.5 * 20)
+    assert "| 100 | 0.1 |" in report.to_markdown(result)
+
+
+def test_runs_without_a_row_value_are_matched_by_their_toggles():
+    sig = report.row_signatures()
+    assert report.row_of({"pos": {"name": "agf_m"}, "pcmv": True, "sco": False, "pe": False}, sig) == "agf_m_pcmv"
+    assert report.row_of({"pos": {"name": "none"}, "pcmv": False, "sco": False, "pe": True}, sig) == "vanilla"
+    assert report.row_of({"pos": {"name": "rope"}, "pcmv": False, "sco": False, "pe": False}, sig) is None
+
+
+def test_several_experiments_need_a_choice(tmp_path):
+    def fake(exp, seed):
+        return report.Run(f"{exp}/{seed}", {"row": "vanilla", "seed": seed, "experiment": exp},
+                          {"status": "complete", "final": {"val_acc": 50.0}, "decoding": {}}, [], "vanilla")
+    runs = [fake("smoke", 1), fake("small", 1)]
+    with pytest.raises(report.ReportError, match="--experiment"):
+        report.report_table("table2", runs)
+    result = report.report_table("table2", runs, experiment="small")
+    assert result["rows"][0]["runs"] == ["small/1"]
+    assert "agf: no finished run" in result["missing"]
+
+
+def test_unknown_table_and_missing_runs_dir_are_clear_errors(tmp_path, capsys):
+    assert report.main(["table9"]) == 2
+    assert "unknown table 'table9'" in capsys.readouterr().err
+    assert report.main(["table2", "--runs", str(tmp_path / "nowhere")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_collect_wandb_reads_config_summary_and_translations(tmp_path):
+    """The W&B source, against a stand-in for wandb.Api with the files the W&B logger attaches."""
+    _, _, refs = corpus(20)
+    summary = {"status": "complete", "final": {"val_acc": 61.0}, "decoding": {"test/greedy": {"bleu": 100.0}}}
+    files = {"summary.json": json.dumps(summary), "hyps/test.greedy.txt": "\n".join(refs) + "\n",
+             "hyps/test.ref.txt": "\n".join(refs) + "\n", "metrics.jsonl": json.dumps({"epoch_fraction": 1.0, "val_acc": 61.0})}
+
+    class File:
+        def __init__(self, name):
+            self.name = name
+
+        def download(self, root, replace):
+            target = Path(root) / self.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(files[self.name])
+
+    class Api:
+        def runs(self, path, filters):
+            assert path == "team/agf-exp" and filters == {"group": "table2"}
+            run = SimpleNamespace(id="abc123", state="finished", files=lambda: [File(n) for n in files],
+                                  config={"row": "vanilla", "seed": 1, "experiment": "small", "_wandb": {}})
+            run.file = File
+            return [run]
+
+    (run,) = report.collect_wandb("team/agf-exp", "table2", api=Api(), download_dir=tmp_path / "dl")
+    assert run.complete and run.row == "vanilla" and run.experiment == "small" and run.seed == 1
+    assert run.files["test.greedy"] == refs and run.metrics[0]["val_acc"] == 61.0
+    assert report.report_table("table2", [run])["rows"][0]["val_acc"]["mean"] == 61.0

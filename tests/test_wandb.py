@@ -1,0 +1,111 @@
+"""W&B logging (``logger=wandb``): what a run logs is read back from the offline run file with
+wandb's own protobuf schema; resumed runs continue the same W&B run; no credential is written;
+``mode=disabled`` works; ``wandb.finish()`` runs even when training fails."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agf_exp.loggers import auto_tags, read_offline_run
+from agf_exp.training import Trainer, train
+
+from .conftest import make_cfg
+
+FAST = ["experiment=smoke", "trainer.decode_strategies=[greedy]", "trainer.max_decode_sentences=20",
+        "data.train_size=400", "data.valid_size=40", "data.test_size=40", "logger=wandb"]
+SECRET = "agf-test-not-a-real-key-0123456789abcdef"
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    """An isolated W&B home with a (fake) API key in the environment, offline."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return tmp_path
+
+
+def offline_runs(run_dir):
+    return sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_offline_run_logs_config_metrics_and_summary(wandb_env):
+    run = wandb_env / "run"
+    cfg = make_cfg(*FAST, "row=agf_m_pcmv", "+table=table4", "seed=3", "trainer.max_epochs=2", "logger.mode=offline")
+    summary = train(cfg, run)
+    (wandb_file,) = offline_runs(run)
+    logged = read_offline_run(wandb_file)
+
+    # one W&B run: group = table, job name = row, tags from the config
+    assert logged["run"]["id"] == summary["wandb_id"]
+    assert logged["run"]["group"] == "table4" and logged["run"]["name"] == "agf_m_pcmv"
+    assert {"pos:agf_m", "pcmv", "experiment:smoke", "seed:3", "table:table4", "row:agf_m_pcmv"} <= set(logged["run"]["tags"])
+    # the resolved config
+    assert logged["config"]["pos"]["name"] == "agf_m" and logged["config"]["pcmv"] is True
+    assert logged["config"]["seed"] == 3 and logged["config"]["row"] == "agf_m_pcmv"
+    assert logged["config"]["trainer"]["max_epochs"] == 2
+    # per-evaluation metrics, exactly those of metrics.jsonl
+    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    logged_acc = [h["eval/val_acc"] for h in logged["history"] if "eval/val_acc" in h]
+    assert logged_acc == pytest.approx([e["val_acc"] for e in evals]) and len(logged_acc) == 2
+    # final BLEU/chrF with the sacreBLEU signature, parameter counts
+    test = summary["decoding"]["test/greedy"]
+    assert logged["summary"]["test/greedy/bleu"] == pytest.approx(test["bleu"])
+    assert logged["summary"]["test/greedy/chrf"] == pytest.approx(test["chrf"])
+    assert logged["summary"]["test/greedy/bleu_signature"] == test["bleu_signature"]
+    assert logged["summary"]["positional_parameters"] == summary["parameters"]["positional"]
+    # images: learning curves and positional fields were logged
+    images = {k[: -len("/_type")] for h in logged["history"] for k, v in h.items() if v == "image-file"}
+    assert "curves/learning_curves" in images and any(k.startswith("fields/") for k in images)
+
+    # no credential anywhere in the run dir (config, summary, W&B's own files)
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_resumed_run_continues_the_same_wandb_run(wandb_env):
+    run = wandb_env / "run"
+    first = train(make_cfg(*FAST, "trainer.max_epochs=1", "logger.mode=offline"), run)
+    second = train(make_cfg(*FAST, "trainer.max_epochs=2", "logger.mode=offline"), run)  # longer budget: resumes
+    assert second["epochs"] == 2 and second["wandb_id"] == first["wandb_id"]
+    files = offline_runs(run)
+    assert len(files) == 2 and all(first["wandb_id"] in f.name for f in files)
+    assert [read_offline_run(f)["run"]["id"] for f in files] == [first["wandb_id"]] * 2
+
+
+def test_auto_mode_without_a_key_is_offline(wandb_env, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.setenv("NETRC", str(wandb_env / "no-netrc"))
+    run = wandb_env / "run"
+    summary = train(make_cfg(*FAST, "trainer.max_epochs=1"), run)  # logger.mode=auto
+    assert len(offline_runs(run)) == 1 and summary["wandb_id"]
+
+
+def test_disabled_mode_trains_without_wandb_files(wandb_env):
+    run = wandb_env / "run"
+    summary = train(make_cfg(*FAST, "trainer.max_epochs=1", "logger.mode=disabled"), run)
+    assert summary["status"] == "complete" and not offline_runs(run)
+
+
+def test_wandb_run_is_finished_when_training_fails(wandb_env, monkeypatch):
+    import wandb
+
+    def boom(self):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Trainer, "fit", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(make_cfg(*FAST, "trainer.max_epochs=1", "logger.mode=offline"), wandb_env / "run")
+    assert wandb.run is None  # finished: the next job of a multirun starts its own run
+
+
+def test_auto_tags():
+    config = {"pos": {"name": "alibi_bl"}, "pcmv": True, "sco": False, "pe": False, "experiment": "small",
+              "seed": 2, "table": "table5", "row": "alibi_bl_pcmv_exp"}
+    assert auto_tags(config) == ["pos:alibi_bl", "pcmv", "experiment:small", "seed:2", "table:table5",
+                                 "row:alibi_bl_pcmv_exp"]
