@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import math
 import warnings
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -190,6 +190,9 @@ class MultiHeadAttention(nn.Module):
         if self.backend == AttnBackend.flex and dropout > 0:
             raise ValueError(f"model.attn_backend=flex has no attention dropout (model.attn_dropout={dropout}); "
                              "set model.attn_dropout=0 or use model.attn_backend=auto")
+        # analysis hook (agf_exp.analysis): when set, every call runs the eager path and passes the
+        # attention probabilities [B, H, Lq, Lk], the key padding mask and q_offset to it
+        self.recorder: Optional[Callable[..., None]] = None
 
     # ---- which kernel ----------------------------------------------------------------------------
 
@@ -259,7 +262,8 @@ class MultiHeadAttention(nn.Module):
                 cache["k"], cache["v"] = k, v
 
         dropout_p = self.dropout if self.training else 0.0
-        backend = AttnBackend.eager if return_probs else self.resolve_backend(q.device)
+        want_probs = return_probs or self.recorder is not None
+        backend = AttnBackend.eager if want_probs else self.resolve_backend(q.device)
         probs = None
         if backend == AttnBackend.eager:
             terms = PosTerms()
@@ -275,9 +279,11 @@ class MultiHeadAttention(nn.Module):
             out = attention(
                 q, k, v, coef=terms.coef, bias=terms.bias, channel=terms.channel, value_coef=value_coef,
                 value_channel=value_channel, sco=self.sco, key_padding_mask=key_padding_mask,
-                causal=self.causal, q_offset=q_offset, dropout_p=dropout_p, return_probs=return_probs,
+                causal=self.causal, q_offset=q_offset, dropout_p=dropout_p, return_probs=want_probs,
             )
-            out, probs = out if return_probs else (out, None)
+            out, probs = out if want_probs else (out, None)
+            if self.recorder is not None:
+                self.recorder(probs.detach(), key_padding_mask, q_offset)
         elif backend == AttnBackend.sdpa:
             out = self._sdpa(q, k, v, key_padding_mask, q_offset, dropout_p)
         else:

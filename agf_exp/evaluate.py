@@ -17,7 +17,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -51,29 +51,44 @@ class EvaluateConfig:
     data: Dict[str, Any] = field(default_factory=dict)  # overrides of the stored data config
 
 
+def load_model(ckpt_path: Path, device) -> Tuple[Dict[str, Any], Tokenizer, Any]:
+    """(checkpoint dict, its tokenizer, the model in eval mode on ``device``)."""
+    ckpt = checkpoint.load(Path(ckpt_path))
+    tok = Tokenizer(ckpt["tokenizer"])
+    model = build_model(ckpt["config"], ckpt["vocab_size"], tok.pad_id).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return ckpt, tok, model
+
+
+def split_pairs(ckpt: Dict[str, Any], split: str, data_overrides: Optional[Dict[str, Any]] = None,
+                max_sentences: Optional[int] = None) -> Tuple[List[str], List[str]]:
+    """Source and reference lines of ``split`` of the run's data source, rebuilt from the config
+    stored in the checkpoint (``data_overrides`` replace its keys, e.g. ``root``)."""
+    stored = ckpt["config"]
+    data_cfg = stored["data"]
+    schema = SOURCES[data_cfg["name"]][0]
+    typed = OmegaConf.merge(OmegaConf.structured(schema), data_cfg, data_overrides or {})
+    corpus = SOURCES[typed.name][1](typed, stored["seed"])
+    if split not in corpus.splits:
+        raise ValueError(f"split={split!r} is unknown; use one of {sorted(corpus.splits)}")
+    src_text, refs = corpus.splits[split]
+    if max_sentences:
+        src_text, refs = src_text[:max_sentences], refs[:max_sentences]
+    return list(src_text), list(refs)
+
+
 def run(cfg: EvaluateConfig) -> Dict[str, Any]:
     if (cfg.split is None) == (cfg.input is None):
         raise ValueError("give exactly one of split=train|valid|test or input=<source file>")
     ckpt_path = Path(cfg.ckpt)
-    ckpt = checkpoint.load(ckpt_path)
-    tok = Tokenizer(ckpt["tokenizer"])
     device = resolve_device(cfg.device)
     amp = resolve_precision(cfg.precision, device)
-    model = build_model(ckpt["config"], ckpt["vocab_size"], tok.pad_id).to(device)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    ckpt, tok, model = load_model(ckpt_path, device)
     result: Dict[str, Any] = {"ckpt": str(ckpt_path), "strategy": cfg.strategy}
     if cfg.split is not None:
         stored = ckpt["config"]
-        data_cfg = stored["data"]
-        schema = SOURCES[data_cfg["name"]][0]
-        typed = OmegaConf.merge(OmegaConf.structured(schema), data_cfg, cfg.data)
-        corpus = SOURCES[typed.name][1](typed, stored["seed"])
-        if cfg.split not in corpus.splits:
-            raise ValueError(f"split={cfg.split!r} is unknown; use one of {sorted(corpus.splits)}")
-        src_text, refs = corpus.splits[cfg.split]
-        if cfg.max_sentences:
-            src_text, refs = src_text[: cfg.max_sentences], refs[: cfg.max_sentences]
+        src_text, refs = split_pairs(ckpt, cfg.split, cfg.data, cfg.max_sentences)
         examples = encode_pairs(tok, src_text, refs)
         metrics = evaluate_split(model, examples, batch_tokens=8192, device=device,
                                  label_smoothing=stored["trainer"]["label_smoothing"], amp_dtype=amp)

@@ -1,0 +1,163 @@
+"""Learning-curve fits (the paper's Figure 5): how high would validation accuracy go?
+
+The paper fits "a power-law learning curve" to ten per-epoch accuracies and reads off a ceiling
+without saying which form. We fit, by least squares on the accuracies (scipy ``curve_fit``):
+
+- saturating power law  ``y = a - b * x^(-c)``   (b > 0, c > 0): the ceiling is ``a``;
+- saturating exponential ``y = a - b * exp(-c * x)`` (b > 0, c > 0), for comparison: ceiling ``a``.
+
+For each form: the parameters with standard errors from the covariance of the fit, a 95%
+Student-t interval for the ceiling (n - 3 degrees of freedom), R², RMSE and AIC (Gaussian errors,
+``n log(RSS/n) + 2k``), and leave-last-out: the form is fitted without the last point and the error
+of its prediction of that point is reported (how well each form extrapolates). ``x`` is the epoch
+(1, 2, ...) or, for a run dir, ``epoch_fraction`` of each evaluation.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+FORMS = {
+    "power": ("a - b * x^(-c)", lambda x, a, b, c: a - b * np.power(x, -c)),
+    "exponential": ("a - b * exp(-c * x)", lambda x, a, b, c: a - b * np.exp(-c * x)),
+}
+
+
+@dataclass
+class CurveFit:
+    form: str
+    formula: str
+    a: float
+    b: float
+    c: float
+    stderr: List[float]  # of a, b, c (nan where the covariance is undefined)
+    ceiling: float
+    ceiling_ci: Tuple[float, float]
+    r2: float
+    rmse: float
+    aic: float
+    loo_last_error: Optional[float]  # prediction of the last point from the others, minus the truth
+
+    def predict(self, x) -> np.ndarray:
+        return FORMS[self.form][1](np.asarray(x, dtype=float), self.a, self.b, self.c)
+
+
+def _initial(form: str, x: np.ndarray, y: np.ndarray) -> Tuple[float, float, float]:
+    span = max(float(y.max() - y.min()), 1e-3)
+    a0 = float(y.max()) + 0.1 * span
+    c0 = 0.5 if form == "power" else 1.0 / max(float(x.max() - x.min()), 1e-3)
+    if form == "power":
+        b0 = (a0 - float(y[0])) * float(x[0]) ** c0
+    else:
+        b0 = (a0 - float(y[0])) * math.exp(c0 * float(x[0]))
+    return a0, max(b0, 1e-6), c0
+
+
+def _fit_params(form: str, x: np.ndarray, y: np.ndarray):
+    from scipy.optimize import curve_fit
+
+    fn = FORMS[form][1]
+    best = None
+    a0, b0, c0 = _initial(form, x, y)
+    for c_start in (c0, c0 * 0.2, c0 * 3.0, 1.0):  # a few starts: the fit can be flat in c
+        try:
+            params, cov = curve_fit(fn, x, y, p0=(a0, max(b0, 1e-6), c_start), bounds=([-np.inf, 0, 1e-6], np.inf),
+                                    maxfev=20000)
+        except (RuntimeError, ValueError):
+            continue
+        rss = float(np.sum((fn(x, *params) - y) ** 2))
+        if best is None or rss < best[2]:
+            best = (params, cov, rss)
+    if best is None:
+        raise ValueError(f"the {form} fit did not converge")
+    return best
+
+
+def fit_curve(x: Sequence[float], y: Sequence[float], form: str = "power") -> CurveFit:
+    """Fit one form to (x, y); needs at least 4 points (3 parameters + 1 degree of freedom)."""
+    from scipy import stats
+
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}; use one of {sorted(FORMS)}")
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) != len(y) or len(x) < 4:
+        raise ValueError(f"a learning-curve fit needs at least 4 (x, y) points, got {len(x)}")
+    if np.any(x <= 0):
+        raise ValueError("x (epochs) must be positive")
+    params, cov, rss = _fit_params(form, x, y)
+    n = len(x)
+    stderr = [float(math.sqrt(v)) if np.isfinite(v) and v >= 0 else float("nan") for v in np.diag(cov)]
+    half = float(stats.t.ppf(0.975, n - 3)) * stderr[0]
+    tss = float(np.sum((y - y.mean()) ** 2))
+    loo = None
+    if n >= 5:
+        try:
+            p_loo, _, _ = _fit_params(form, x[:-1], y[:-1])
+            loo = float(FORMS[form][1](x[-1], *p_loo) - y[-1])
+        except ValueError:
+            loo = None
+    a, b, c = (float(v) for v in params)
+    return CurveFit(form, FORMS[form][0], a, b, c, stderr, a, (a - half, a + half),
+                    1.0 - rss / tss if tss > 0 else float("nan"), math.sqrt(rss / n),
+                    n * math.log(max(rss, 1e-300) / n) + 2 * 3, loo)
+
+
+def fit_learning_curve(x: Sequence[float], y: Sequence[float]) -> Dict[str, CurveFit]:
+    return {form: fit_curve(x, y, form) for form in FORMS}
+
+
+def curve_from_run(run_dir: Path, metric: str = "val_acc") -> Tuple[List[float], List[float]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; give a run dir written by the trainer, or values=[...]")
+    evals = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if evals and metric not in evals[0]:
+        raise ValueError(f"metric={metric!r} is not in metrics.jsonl; it has {sorted(evals[0])}")
+    return [e["epoch_fraction"] for e in evals], [e[metric] for e in evals]
+
+
+def to_markdown(fits: Dict[str, CurveFit], x, y) -> str:
+    lines = [f"{len(x)} points, x = {x[0]:g} .. {x[-1]:g}, last y = {y[-1]:.4f}", "",
+             "| form | ceiling a | 95% CI | b | c | R² | RMSE | AIC | last point left out: prediction error |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for f in fits.values():
+        loo = "–" if f.loo_last_error is None else f"{f.loo_last_error:+.4f}"
+        lines.append(f"| {f.formula} | {f.ceiling:.4f} | [{f.ceiling_ci[0]:.4f}, {f.ceiling_ci[1]:.4f}] | "
+                     f"{f.b:.4g} | {f.c:.4g} | {f.r2:.5f} | {f.rmse:.4f} | {f.aic:.2f} | {loo} |")
+    best = min(fits.values(), key=lambda f: f.aic)
+    lines += ["", f"Lower AIC: {best.form} ({best.formula})."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(fits: Dict[str, CurveFit], x, y, path: Path, title: str = "learning curve") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(x, y, "o", color="black", label="measured")
+    grid = np.linspace(min(x), max(x) * 2.0, 200)
+    for f in fits.values():
+        line, = ax.plot(grid, f.predict(grid), label=f"{f.formula}: ceiling {f.ceiling:.2f}")
+        ax.axhline(f.ceiling, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def as_dict(fits: Dict[str, CurveFit]) -> Dict[str, dict]:
+    return {k: asdict(v) for k, v in fits.items()}

@@ -1,0 +1,270 @@
+"""Attention decay with distance (the paper's Figure 4 and section 6): power law or exponential?
+
+From a trained model and a data split (teacher-forced), for every self-attention module and head:
+
+- the **profile** ``w(δ)``: the mean attention probability (softmax weight) that a query gives to
+  the key at signed relative distance ``δ = n - m`` (key minus query), over all non-padding
+  (query, key) pairs of the split at that distance; encoder self-attention has both sides, the
+  causal decoder only ``δ <= 0``. Distances with fewer than ``min_count`` pairs are left out.
+- two fits per side (``d = |δ| >= 1``; the query's own position is left out as it is mostly
+  content), by least squares on ``log w``:
+  power law (AGF's form) ``log G - k·log(1 + d/r)`` and exponential (ALiBi-like)
+  ``log G - λ·d``.
+- which form is better on **held-out distances**: each form is fitted on the near half of the
+  distances and scored (R² of ``log w``) on the far half, where the two forms differ (the
+  paper's claim is about the tail); the in-sample R² of a fit on all distances is reported too.
+
+Caveat: at large ``d`` only long sentences contribute, and a softmax over more keys gives smaller
+weights, so part of any decay is the length mix of the split; comparing forms across models on
+the same split is fair, absolute exponents are not length-free.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..attention import MultiHeadAttention
+from ..positional import AttnType
+
+
+@dataclass
+class Profile:
+    module: str  # e.g. "encoder.0.self_attn"
+    attn_type: str  # enc | dec
+    offsets: np.ndarray  # [R] signed distances δ
+    weight_sum: np.ndarray  # [H, R]
+    count: np.ndarray  # [R] number of (query, key) pairs at each δ
+
+    @property
+    def mean(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.weight_sum / self.count[None, :]
+
+
+class ProfileAccumulator:
+    """Sums attention probabilities by signed relative distance, |δ| <= max_distance."""
+
+    def __init__(self, n_heads: int, max_distance: int, causal: bool):
+        self.d, self.causal = max_distance, causal
+        self.weight = torch.zeros(n_heads, 2 * max_distance + 1, dtype=torch.float64)
+        self.count = torch.zeros(2 * max_distance + 1, dtype=torch.float64)
+
+    def __call__(self, probs: torch.Tensor, key_padding_mask: Optional[torch.Tensor], q_offset: int = 0) -> None:
+        b, h, lq, lk = probs.shape
+        device = probs.device
+        delta = torch.arange(lk, device=device)[None, :] - (torch.arange(lq, device=device)[:, None] + q_offset)
+        valid = torch.ones(b, lq, lk, dtype=torch.bool, device=device)
+        if key_padding_mask is not None:
+            valid &= ~key_padding_mask[:, None, :]
+            if lq == lk and q_offset == 0:  # self-attention: padded queries are not real queries
+                valid &= ~key_padding_mask[:, :, None]
+        if self.causal:
+            valid &= (delta <= 0)[None]
+        keep = delta.abs() <= self.d
+        idx = (delta + self.d)[keep]  # [P]
+        w = (probs.double() * valid[:, None]).sum(0)[:, keep]  # [H, P]
+        c = valid.sum(0)[keep].double()  # [P]
+        self.weight.index_add_(1, idx.cpu(), w.cpu())
+        self.count.index_add_(0, idx.cpu(), c.cpu())
+
+
+@contextmanager
+def recording(model: torch.nn.Module, max_distance: int, types=(AttnType.enc, AttnType.dec)) -> Iterator[Dict[str, ProfileAccumulator]]:
+    """Attach a :class:`ProfileAccumulator` to every self-attention module of ``model`` (eager path)."""
+    accs: Dict[str, ProfileAccumulator] = {}
+    modules = []
+    for name, module in model.named_modules():
+        if isinstance(module, MultiHeadAttention) and module.attn_type in types:
+            acc = ProfileAccumulator(module.n_heads, max_distance, module.causal)
+            module.recorder = acc
+            accs[name] = acc
+            modules.append(module)
+    try:
+        yield accs
+    finally:
+        for module in modules:
+            module.recorder = None
+
+
+@torch.no_grad()
+def attention_profiles(model, examples, *, max_distance: int = 40, batch_tokens: int = 4096,
+                       device: torch.device = torch.device("cpu")) -> List[Profile]:
+    """Teacher-forced pass over ``examples``; one :class:`Profile` per self-attention module."""
+    from ..data import collate, make_batches
+
+    model.eval()
+    types = {}
+    for name, module in model.named_modules():
+        if isinstance(module, MultiHeadAttention):
+            types[name] = module.attn_type.value
+    with recording(model, max_distance) as accs:
+        for idx in make_batches(examples, batch_tokens, shuffle=False):
+            src, tgt = (t.to(device) for t in collate(examples, idx))
+            model(src, tgt[:, :-1])
+    offsets = np.arange(-max_distance, max_distance + 1)
+    return [Profile(name, types[name], offsets, acc.weight.numpy(), acc.count.numpy()) for name, acc in accs.items()]
+
+
+# ------------------------------------------------------------------------------------------------
+# fits
+
+
+def _power(d, log_g, r, k):
+    return log_g - k * np.log1p(d / r)
+
+
+def _exponential(d, log_g, lam):
+    return log_g - lam * d
+
+
+def _r2(y, pred) -> float:
+    tss = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(np.sum((y - pred) ** 2)) / tss if tss > 0 else float("nan")
+
+
+def _fit(form: str, d: np.ndarray, logw: np.ndarray):
+    from scipy.optimize import curve_fit
+
+    if form == "exponential":
+        lam, log_g = np.polyfit(d, logw, 1)  # exact least squares
+        return np.array([log_g, -lam])
+    best = None
+    slope = max(-(logw[-1] - logw[0]) / max(math.log1p(d[-1]) - math.log1p(d[0]), 1e-6), 1e-3)
+    for r0 in (0.5, 2.0, 10.0, 50.0):
+        try:
+            params, _ = curve_fit(_power, d, logw, p0=(logw[0] + slope * math.log1p(d[0] / r0), r0, slope),
+                                  bounds=([-np.inf, 1e-3, 0.0], [np.inf, 1e6, 1e3]), maxfev=20000)
+        except (RuntimeError, ValueError):
+            continue
+        rss = float(np.sum((_power(d, *params) - logw) ** 2))
+        if best is None or rss < best[1]:
+            best = (params, rss)
+    if best is None:
+        raise ValueError("the power-law fit did not converge")
+    return best[0]
+
+
+def _predict(form: str, params, d):
+    return _power(d, *params) if form == "power" else _exponential(d, *params)
+
+
+@dataclass
+class DecayFit:
+    module: str
+    head: int
+    side: str  # "left" (keys before the query, δ < 0) or "right" (δ > 0)
+    distances: int  # number of distances fitted
+    power: Dict[str, float] = field(default_factory=dict)  # G, r, k, r2 (all distances), r2_tail
+    exponential: Dict[str, float] = field(default_factory=dict)  # G, lambda, r2, r2_tail
+    better: str = ""  # the form with the higher held-out (far-half) R²
+
+
+def fit_decay(d: Sequence[float], w: Sequence[float]) -> Dict[str, Dict[str, float]]:
+    """Fit both forms to a profile ``w(d)`` (d >= 1, w > 0). Needs >= 6 distances."""
+    d, w = np.asarray(d, dtype=float), np.asarray(w, dtype=float)
+    ok = np.isfinite(w) & (w > 0)
+    d, logw = d[ok], np.log(w[ok])
+    if len(d) < 6:
+        raise ValueError(f"a decay fit needs at least 6 distances with attention, got {len(d)}")
+    near = d <= np.median(d)
+    out = {}
+    for form in ("power", "exponential"):
+        full = _fit(form, d, logw)
+        half = _fit(form, d[near], logw[near])
+        r2 = _r2(logw, _predict(form, full, d))
+        r2_tail = _r2(logw[~near], _predict(form, half, d[~near]))
+        if form == "power":
+            out[form] = {"G": float(math.exp(full[0])), "r": float(full[1]), "k": float(full[2]), "r2": r2,
+                         "r2_tail": r2_tail}
+        else:
+            out[form] = {"G": float(math.exp(full[0])), "lambda": float(full[1]), "r2": r2, "r2_tail": r2_tail}
+    return out
+
+
+def fit_profiles(profiles: Sequence[Profile], min_count: int = 20) -> List[DecayFit]:
+    fits = []
+    for p in profiles:
+        mean = p.mean
+        for side, sign in (("left", -1), ("right", 1)):
+            sel = (np.sign(p.offsets) == sign) & (p.count >= min_count)
+            if p.attn_type == "dec" and side == "right":
+                continue
+            d = np.abs(p.offsets[sel]).astype(float)
+            order = np.argsort(d)
+            for h in range(mean.shape[0]):
+                try:
+                    res = fit_decay(d[order], mean[h, sel][order])
+                except ValueError:
+                    continue
+                better = "power" if res["power"]["r2_tail"] >= res["exponential"]["r2_tail"] else "exponential"
+                fits.append(DecayFit(p.module, h, side, int(sel.sum()), res["power"], res["exponential"], better))
+    return fits
+
+
+def to_markdown(fits: Sequence[DecayFit]) -> str:
+    lines = ["| module | head | side | n | power G/(1+d/r)^k: r, k | R² | far-half R² | exponential G·e^(−λd): λ | "
+             "R² | far-half R² | better (far half) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for f in fits:
+        p, e = f.power, f.exponential
+        lines.append(f"| {f.module} | {f.head} | {f.side} | {f.distances} | r={p['r']:.3g}, k={p['k']:.3g} | "
+                     f"{p['r2']:.3f} | {p['r2_tail']:.3f} | λ={e['lambda']:.3g} | {e['r2']:.3f} | "
+                     f"{e['r2_tail']:.3f} | **{f.better}** |")
+    n_power = sum(f.better == "power" for f in fits)
+    lines += ["", f"Power law better on the far half for {n_power} of {len(fits)} (head, side) profiles."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(profiles: Sequence[Profile], fits: Sequence[DecayFit], out_dir: Path, min_count: int = 20) -> Dict[str, Path]:
+    """One PNG per module: per head, log mean weight against δ with both fitted forms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_key = {(f.module, f.head, f.side): f for f in fits}
+    written = {}
+    for p in profiles:
+        n_heads = p.weight_sum.shape[0]
+        cols = min(n_heads, 4)
+        rows = math.ceil(n_heads / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+        mean = p.mean
+        ok = p.count >= min_count
+        for h in range(n_heads):
+            ax = axes[h // cols][h % cols]
+            ax.semilogy(p.offsets[ok], mean[h, ok], "o", markersize=2.5, color="black")
+            for side, sign in (("left", -1), ("right", 1)):
+                f = by_key.get((p.module, h, side))
+                if f is None:
+                    continue
+                d = np.linspace(1, np.abs(p.offsets[ok & (np.sign(p.offsets) == sign)]).max(), 100)
+                pw, ex = f.power, f.exponential
+                ax.semilogy(sign * d, pw["G"] / (1 + d / pw["r"]) ** pw["k"], color="tab:blue",
+                            label="power" if side == "left" else None)
+                ax.semilogy(sign * d, ex["G"] * np.exp(-ex["lambda"] * d), color="tab:orange", linestyle="--",
+                            label="exponential" if side == "left" else None)
+            ax.set_title(f"head {h}", fontsize=9)
+            ax.set_xlabel("δ = key − query", fontsize=8)
+            ax.grid(alpha=0.3)
+        for h in range(n_heads, rows * cols):
+            axes[h // cols][h % cols].axis("off")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{p.module}: mean attention weight by distance")
+        fig.tight_layout()
+        path = out_dir / f"decay_{p.module.replace('.', '_')}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written[p.module] = path
+    return written
+
+
+def as_dicts(fits: Sequence[DecayFit]) -> List[dict]:
+    return [asdict(f) for f in fits]

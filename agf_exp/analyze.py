@@ -1,0 +1,156 @@
+"""Analysis tools on runs and checkpoints.
+
+    python -m agf_exp.analyze curve run=outputs/runs/X [metric=val_acc] [out=PNG]
+    python -m agf_exp.analyze curve values=[62.9851,67.6618,69.025,69.7529,70.1426,70.4782,70.6026,70.7271,70.7603,70.9213]
+    python -m agf_exp.analyze decay ckpt=outputs/runs/X/checkpoints/best.pt [split=valid] [max_sentences=1000]
+                                    [max_distance=40] [min_count=20] [out=DIR] [data.root=...]
+
+``curve`` fits ``a - b·x^(-c)`` and ``a - b·e^(-c·x)`` to per-epoch validation accuracy (a run's
+metrics.jsonl, or numbers given as ``values=[...]`` at epochs 1, 2, ...) and prints the ceilings
+with 95% intervals, R², RMSE, AIC and the leave-last-out prediction error (agf_exp/analysis/curves.py).
+
+``decay`` measures, per self-attention module and head, the mean attention weight by signed
+relative distance on a split and fits a power law ``G/(1+d/r)^k`` and an exponential ``G·e^(−λd)``
+to each side, reporting which is better on the far half of the distances
+(agf_exp/analysis/decay.py).
+
+Outputs: a Markdown table on stdout, JSON and PNGs in ``out`` (default ``<run dir>/analysis``).
+With ``wandb=true`` (or ``wandb=auto``, the default: when the run logged to W&B) the PNGs are also
+logged to the run's W&B run (resumed by the id in the checkpoint or summary.json).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass
+class CurveArgs:
+    run: Optional[str] = None
+    values: Optional[List[float]] = None
+    metric: str = "val_acc"
+    out: Optional[str] = None  # PNG path (default <run>/analysis/learning_curve_fit.png or ./learning_curve_fit.png)
+    wandb: str = "auto"  # auto | true | false
+
+
+@dataclass
+class DecayArgs:
+    ckpt: str = "???"
+    split: str = "valid"
+    max_sentences: Optional[int] = 1000
+    max_distance: int = 40
+    min_count: int = 20
+    batch_tokens: int = 4096
+    device: str = "auto"
+    out: Optional[str] = None  # folder (default <run dir>/analysis)
+    wandb: str = "auto"
+    data: Dict[str, Any] = field(default_factory=dict)  # overrides of the stored data config
+
+
+def _log_to_wandb(run_dir: Optional[Path], config: Optional[dict], wandb_id: Optional[str], images: Dict[str, Path],
+                  setting: str) -> None:
+    """Log ``images`` to the run's W&B run (resumed by id) when asked, or when the run used W&B."""
+    used = bool(config) and (config.get("logger") or {}).get("name") == "wandb"
+    if setting == "false" or (setting == "auto" and not (used and wandb_id)):
+        return
+    if not wandb_id or run_dir is None:
+        print("note: no W&B run id recorded for this run; images not logged to W&B", file=sys.stderr)
+        return
+    from omegaconf import OmegaConf as _OC
+
+    from .config import LoggerConfig
+    from .loggers import WandbLogger
+
+    logger_cfg = _OC.to_object(_OC.merge(_OC.structured(LoggerConfig), (config or {}).get("logger") or {}))
+    logger = WandbLogger(logger_cfg, config or {}, run_dir, run_id=wandb_id)
+    try:
+        logger.log_images({f"analysis/{k}": v for k, v in images.items()}, step=None)
+    finally:
+        logger.finish()
+
+
+def curve(args: CurveArgs) -> int:
+    from .analysis import curves
+
+    if (args.run is None) == (args.values is None):
+        raise ValueError("give exactly one of run=<run dir> or values=[...]")
+    if args.run is not None:
+        x, y = curves.curve_from_run(Path(args.run), args.metric)
+        default_out = Path(args.run) / "analysis" / "learning_curve_fit.png"
+    else:
+        y = [float(v) for v in args.values]
+        x = list(range(1, len(y) + 1))
+        default_out = Path("learning_curve_fit.png")
+    fits = curves.fit_learning_curve(x, y)
+    sys.stdout.write(curves.to_markdown(fits, x, y))
+    out = Path(args.out) if args.out else default_out
+    png = curves.plot(fits, x, y, out, title=str(args.run or "values"))
+    out.with_suffix(".json").write_text(json.dumps({"x": list(x), "y": list(y), "fits": curves.as_dict(fits)}, indent=2))
+    print(f"wrote {png} and {out.with_suffix('.json')}")
+    if args.run is not None:
+        run_dir = Path(args.run)
+        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+        config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
+        _log_to_wandb(run_dir, config, summary.get("wandb_id"), {"learning_curve_fit": png}, args.wandb)
+    return 0
+
+
+def decay(args: DecayArgs) -> int:
+    from .analysis import decay as dec
+    from .data import encode_pairs
+    from .evaluate import load_model, split_pairs
+    from .training import resolve_device
+
+    device = resolve_device(args.device)
+    ckpt_path = Path(args.ckpt)
+    ckpt, tok, model = load_model(ckpt_path, device)
+    src, ref = split_pairs(ckpt, args.split, args.data, args.max_sentences)
+    examples = encode_pairs(tok, src, ref)
+    profiles = dec.attention_profiles(model, examples, max_distance=args.max_distance,
+                                      batch_tokens=args.batch_tokens, device=device)
+    fits = dec.fit_profiles(profiles, args.min_count)
+    sys.stdout.write(dec.to_markdown(fits))
+    run_dir = ckpt_path.parent.parent
+    out = Path(args.out) if args.out else run_dir / "analysis"
+    written = dec.plot(profiles, fits, out, args.min_count)
+    data = {"ckpt": str(ckpt_path), "split": args.split, "sentences": len(examples), "fits": dec.as_dicts(fits),
+            "profiles": {p.module: {"attn_type": p.attn_type, "offsets": p.offsets.tolist(), "count": p.count.tolist(),
+                                    "mean": p.mean.tolist()} for p in profiles}}
+    (out / "decay.json").write_text(json.dumps(data, indent=1, default=float))
+    print(f"wrote {out / 'decay.json'} and {len(written)} PNGs in {out}")
+    _log_to_wandb(run_dir, ckpt["config"], ckpt.get("state", {}).get("wandb_id"),
+                  {f"decay/{k}": v for k, v in written.items()}, args.wandb)
+    return 0
+
+
+TOOLS = {"curve": (CurveArgs, curve), "decay": (DecayArgs, decay)}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    tool, rest = argv[0], argv[1:]
+    if tool not in TOOLS:
+        print(f"error: unknown tool {tool!r}; use one of {', '.join(TOOLS)} (see --help)", file=sys.stderr)
+        return 2
+    schema, fn = TOOLS[tool]
+    try:
+        args = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(rest)))
+        if args.__dict__.get("wandb") not in ("auto", "true", "false"):
+            raise ValueError(f"wandb={args.wandb!r}; use auto, true or false")
+        return fn(args)
+    except (OmegaConfBaseException, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
