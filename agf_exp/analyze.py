@@ -4,6 +4,10 @@
     python -m agf_exp.analyze curve values=[62.9851,67.6618,69.025,69.7529,70.1426,70.4782,70.6026,70.7271,70.7603,70.9213]
     python -m agf_exp.analyze decay ckpt=outputs/runs/X/checkpoints/best.pt [split=valid] [max_sentences=1000]
                                     [max_distance=40] [min_count=20] [out=DIR] [data.root=...]
+    python -m agf_exp.analyze heads ckpt=... [split=valid] [max_sentences=500] [n_perms=20] [max_distance=64]
+                                    [min_count=20] [out=DIR] [data.root=...]
+    python -m agf_exp.analyze lengths ckpt=... [split=test] [buckets=[10,20,30,40]] [strategy=beam]
+                                      [max_sentences=N] [out=DIR] [data.root=...]
 
 ``curve`` fits ``a - b·x^(-c)`` and ``a - b·e^(-c·x)`` to per-epoch validation accuracy (a run's
 metrics.jsonl, or numbers given as ``values=[...]`` at epochs 1, 2, ...) and prints the ceilings
@@ -13,6 +17,16 @@ with 95% intervals, R², RMSE, AIC and the leave-last-out prediction error (agf_
 relative distance on a split and fits a power law ``G/(1+d/r)^k`` and an exponential ``G·e^(−λd)``
 to each side, reporting which is better on the far half of the distances
 (agf_exp/analysis/decay.py).
+
+``heads`` scores every head of every attention module as positional or symbolic: permutation
+scores ``P``/``S`` (key contents moved among fixed positions) and held-out correlation ratios
+``η_pos``/``η_sym`` of the logits on signed distance and on key token id, as a layer × head table
+and heat map (agf_exp/analysis/heads.py, where both are defined).
+
+``lengths`` scores a checkpoint per source-length bucket (BLEU, chrF, token accuracy, perplexity)
+and marks the buckets beyond the training ``data.max_len``: train with ``data.max_len=N`` and
+evaluate on longer sentences (``split=long`` with ``data=synthetic``; the top buckets of Multi30k's
+test split) to compare length extrapolation (agf_exp/analysis/lengths.py).
 
 Outputs: a Markdown table on stdout, JSON and PNGs in ``out`` (default ``<run dir>/analysis``).
 With ``wandb=true`` (or ``wandb=auto``, the default: when the run logged to W&B) the PNGs are also
@@ -40,17 +54,73 @@ class CurveArgs:
 
 
 @dataclass
-class DecayArgs:
+class CheckpointArgs:
+    """What every tool that reads a checkpoint and a split takes."""
+
     ckpt: str = "???"
     split: str = "valid"
     max_sentences: Optional[int] = 1000
+    device: str = "auto"
+    out: Optional[str] = None  # folder (default <run dir>/analysis)
+    wandb: str = "auto"  # auto | true | false
+    data: Dict[str, Any] = field(default_factory=dict)  # overrides of the stored data config
+
+
+@dataclass
+class DecayArgs(CheckpointArgs):
     max_distance: int = 40
     min_count: int = 20
     batch_tokens: int = 4096
-    device: str = "auto"
-    out: Optional[str] = None  # folder (default <run dir>/analysis)
-    wandb: str = "auto"
-    data: Dict[str, Any] = field(default_factory=dict)  # overrides of the stored data config
+
+
+@dataclass
+class HeadsArgs(CheckpointArgs):
+    max_sentences: Optional[int] = 500
+    n_perms: int = 20
+    max_distance: int = 64
+    min_count: int = 20
+    batch_tokens: int = 2048
+    seed: int = 0
+
+
+@dataclass
+class LengthsArgs(CheckpointArgs):
+    split: str = "test"
+    max_sentences: Optional[int] = None
+    buckets: List[int] = field(default_factory=lambda: [10, 20, 30, 40])  # upper edges, source subword tokens
+    strategy: str = "beam"  # beam | greedy
+    beam_size: int = 5
+    batch_sentences: int = 64
+
+
+@dataclass
+class Loaded:
+    ckpt_path: Path
+    ckpt: Dict[str, Any]
+    tokenizer: Any
+    model: Any
+    device: Any
+    src: List[str]
+    ref: List[str]
+    run_dir: Path
+    out: Path  # where the tool writes
+
+    def log_images(self, images: Dict[str, Path], setting: str) -> None:
+        _log_to_wandb(self.run_dir, self.ckpt["config"], self.ckpt.get("state", {}).get("wandb_id"), images, setting)
+
+
+def _load(args: CheckpointArgs) -> Loaded:
+    from .evaluate import load_model, split_pairs
+    from .training import resolve_device
+
+    device = resolve_device(args.device)
+    ckpt_path = Path(args.ckpt)
+    ckpt, tok, model = load_model(ckpt_path, device)
+    src, ref = split_pairs(ckpt, args.split, args.data, args.max_sentences)
+    run_dir = ckpt_path.parent.parent
+    out = Path(args.out) if args.out else run_dir / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    return Loaded(ckpt_path, ckpt, tok, model, device, src, ref, run_dir, out)
 
 
 def _log_to_wandb(run_dir: Optional[Path], config: Optional[dict], wandb_id: Optional[str], images: Dict[str, Path],
@@ -104,32 +174,75 @@ def curve(args: CurveArgs) -> int:
 def decay(args: DecayArgs) -> int:
     from .analysis import decay as dec
     from .data import encode_pairs
-    from .evaluate import load_model, split_pairs
-    from .training import resolve_device
 
-    device = resolve_device(args.device)
-    ckpt_path = Path(args.ckpt)
-    ckpt, tok, model = load_model(ckpt_path, device)
-    src, ref = split_pairs(ckpt, args.split, args.data, args.max_sentences)
-    examples = encode_pairs(tok, src, ref)
-    profiles = dec.attention_profiles(model, examples, max_distance=args.max_distance,
-                                      batch_tokens=args.batch_tokens, device=device)
+    run = _load(args)
+    examples = encode_pairs(run.tokenizer, run.src, run.ref)
+    profiles = dec.attention_profiles(run.model, examples, max_distance=args.max_distance,
+                                      batch_tokens=args.batch_tokens, device=run.device)
     fits = dec.fit_profiles(profiles, args.min_count)
     sys.stdout.write(dec.to_markdown(fits))
-    run_dir = ckpt_path.parent.parent
-    out = Path(args.out) if args.out else run_dir / "analysis"
-    written = dec.plot(profiles, fits, out, args.min_count)
-    data = {"ckpt": str(ckpt_path), "split": args.split, "sentences": len(examples), "fits": dec.as_dicts(fits),
+    written = dec.plot(profiles, fits, run.out, args.min_count)
+    data = {"ckpt": str(run.ckpt_path), "split": args.split, "sentences": len(examples), "fits": dec.as_dicts(fits),
             "profiles": {p.module: {"attn_type": p.attn_type, "offsets": p.offsets.tolist(), "count": p.count.tolist(),
                                     "mean": p.mean.tolist()} for p in profiles}}
-    (out / "decay.json").write_text(json.dumps(data, indent=1, default=float))
-    print(f"wrote {out / 'decay.json'} and {len(written)} PNGs in {out}")
-    _log_to_wandb(run_dir, ckpt["config"], ckpt.get("state", {}).get("wandb_id"),
-                  {f"decay/{k}": v for k, v in written.items()}, args.wandb)
+    (run.out / "decay.json").write_text(json.dumps(data, indent=1, default=float))
+    print(f"wrote {run.out / 'decay.json'} and {len(written)} PNGs in {run.out}")
+    run.log_images({f"decay/{k}": v for k, v in written.items()}, args.wandb)
     return 0
 
 
-TOOLS = {"curve": (CurveArgs, curve), "decay": (DecayArgs, decay)}
+def heads(args: HeadsArgs) -> int:
+    from .analysis import heads as hd
+    from .data import encode_pairs
+
+    if args.n_perms < 1:
+        raise ValueError(f"n_perms={args.n_perms}; use at least 1 permutation per query row")
+    run = _load(args)
+    examples = encode_pairs(run.tokenizer, run.src, run.ref)
+    scores = hd.head_scores(run.model, examples, pad_id=run.tokenizer.pad_id, vocab_size=run.ckpt["vocab_size"],
+                            n_perms=args.n_perms, max_distance=args.max_distance, min_count=args.min_count,
+                            batch_tokens=args.batch_tokens, seed=args.seed, device=run.device)
+    pe = bool(run.ckpt["config"].get("pe"))
+    sys.stdout.write(hd.to_markdown(scores, pe=pe))
+    written = hd.plot(scores, run.out)
+    (run.out / "heads.json").write_text(json.dumps({"ckpt": str(run.ckpt_path), "split": args.split, "pe": pe,
+                                                    "sentences": len(examples), "n_perms": args.n_perms,
+                                                    "heads": hd.as_dicts(scores)}, indent=1, default=float))
+    print(f"wrote {run.out / 'heads.json'}, {written['heatmap']} and {written['plane']}")
+    run.log_images({f"heads/{k}": v for k, v in written.items()}, args.wandb)
+    return 0
+
+
+def lengths(args: LengthsArgs) -> int:
+    from .analysis import lengths as ln
+
+    if args.strategy not in ("beam", "greedy"):
+        raise ValueError(f"strategy={args.strategy!r}; use beam or greedy")
+    ln.assign([1], args.buckets)  # validates the edges before any work
+    run = _load(args)
+    stored = run.ckpt["config"]
+    train_max_len = stored["data"].get("max_len")
+    trainer = stored["trainer"]
+    results, hyps, _ = ln.evaluate_by_length(
+        run.model, run.tokenizer, run.src, run.ref, args.buckets, train_max_len=train_max_len,
+        strategy=args.strategy, beam_size=args.beam_size, len_penalty=trainer.get("len_penalty", 1.0),
+        max_len_a=trainer.get("max_len_a", 1.2), max_len_b=trainer.get("max_len_b", 10),
+        batch_sentences=args.batch_sentences, label_smoothing=trainer.get("label_smoothing", 0.0), device=run.device)
+    sys.stdout.write(ln.to_markdown(results, train_max_len))
+    name = f"lengths_{args.split}"
+    png = ln.plot(results, run.out / f"{name}.png", train_max_len,
+                  title=f"{stored.get('run_name', '')} on {args.split} ({args.strategy})")
+    (run.out / f"{name}.json").write_text(json.dumps(
+        {"ckpt": str(run.ckpt_path), "split": args.split, "strategy": args.strategy, "buckets": list(args.buckets),
+         "train_max_len": train_max_len, "results": ln.as_dicts(results)}, indent=1))
+    (run.out / f"{name}.{args.strategy}.txt").write_text("\n".join(hyps) + "\n")
+    print(f"wrote {run.out / f'{name}.json'} and {png}")
+    run.log_images({f"lengths/{args.split}": png}, args.wandb)
+    return 0
+
+
+TOOLS = {"curve": (CurveArgs, curve), "decay": (DecayArgs, decay), "heads": (HeadsArgs, heads),
+         "lengths": (LengthsArgs, lengths)}
 
 
 def main(argv=None) -> int:
@@ -144,7 +257,8 @@ def main(argv=None) -> int:
     schema, fn = TOOLS[tool]
     try:
         args = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(rest)))
-        if args.__dict__.get("wandb") not in ("auto", "true", "false"):
+        args.wandb = str(args.wandb).lower()  # wandb=false arrives as the boolean False
+        if args.wandb not in ("auto", "true", "false"):
             raise ValueError(f"wandb={args.wandb!r}; use auto, true or false")
         return fn(args)
     except (OmegaConfBaseException, ValueError, FileNotFoundError) as e:

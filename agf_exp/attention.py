@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 import torch
@@ -106,12 +107,7 @@ def attention(
         scores = qf @ kf.transpose(-1, -2)
     else:
         scores = _channel_scores(qf, kf, channel.float())
-    if not sco:
-        scores = scores / math.sqrt(q.shape[-1])
-    if coef is not None:
-        scores = scores * coef.float()
-    if bias is not None:
-        scores = scores + bias.float()
+    scores = _scale_and_position(scores, q.shape[-1], sco, coef, bias)
     mask = _mask(key_padding_mask, causal, q.shape[-2], k.shape[-2], q_offset, q.device)
     if mask is not None:
         scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
@@ -124,6 +120,19 @@ def attention(
     else:
         out = torch.einsum("bhmn,hmnc,bhnc->bhmc", weights, value_channel.float(), v.float()).to(out_dtype)
     return (out, probs) if return_probs else out
+
+
+def _scale_and_position(scores: torch.Tensor, d: int, sco: bool, coef: Optional[torch.Tensor],
+                        bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``q.k`` scores to logits: ``/ sqrt(d)`` (not with SCO, whose keys are already normalised),
+    then ``* C + B``."""
+    if not sco:
+        scores = scores / math.sqrt(d)
+    if coef is not None:
+        scores = scores * coef.float()
+    if bias is not None:
+        scores = scores + bias.float()
+    return scores
 
 
 def _mask(key_padding_mask, causal, lq, lk, q_offset, device) -> Optional[torch.Tensor]:
@@ -141,6 +150,25 @@ def _mask(key_padding_mask, causal, lq, lk, q_offset, device) -> Optional[torch.
 def relative_offsets(lq: int, lk: int, q_offset: int, device) -> torch.Tensor:
     """Signed offsets ``delta[m, n] = n - (q_offset + m)``: ``[Lq, Lk]``."""
     return torch.arange(lk, device=device)[None, :] - (torch.arange(lq, device=device)[:, None] + q_offset)
+
+
+@dataclass
+class AttentionRecord:
+    """What one attention call passes to an analysis recorder (``MultiHeadAttention.recorder``)."""
+
+    module: "MultiHeadAttention"
+    probs: torch.Tensor  # [B, H, Lq, Lk] attention probabilities (after masking and softmax)
+    key_padding_mask: Optional[torch.Tensor]  # [B, Lk], True at padding
+    q_offset: int
+    q: Optional[torch.Tensor] = None  # [B, H, Lq, d] queries before any rotary embedding
+    k: Optional[torch.Tensor] = None  # [B, H, Lk, d] keys before rotary (None when keys came from a cache)
+
+    def logits(self, key_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The module's logits for this call, optionally with key contents moved (see
+        :meth:`MultiHeadAttention.logits`)."""
+        if self.k is None:
+            raise ValueError("this attention call used cached keys; record a full (teacher-forced) pass")
+        return self.module.logits(self.q, self.k, self.key_padding_mask, self.q_offset, key_index)
 
 
 class MultiHeadAttention(nn.Module):
@@ -190,9 +218,9 @@ class MultiHeadAttention(nn.Module):
         if self.backend == AttnBackend.flex and dropout > 0:
             raise ValueError(f"model.attn_backend=flex has no attention dropout (model.attn_dropout={dropout}); "
                              "set model.attn_dropout=0 or use model.attn_backend=auto")
-        # analysis hook (agf_exp.analysis): when set, every call runs the eager path and passes the
-        # attention probabilities [B, H, Lq, Lk], the key padding mask and q_offset to it
-        self.recorder: Optional[Callable[..., None]] = None
+        # analysis hook (agf_exp.analysis): when set, every call runs the eager path and passes an
+        # AttentionRecord (probabilities, masks, pre-rotary q and k) to it
+        self.recorder: Optional[Callable[[AttentionRecord], None]] = None
 
     # ---- which kernel ----------------------------------------------------------------------------
 
@@ -223,6 +251,45 @@ class MultiHeadAttention(nn.Module):
     def _positions(self, start: int, length: int, device) -> torch.Tensor:
         return torch.arange(start, start + length, device=device)
 
+    @torch.no_grad()
+    def logits(self, q: torch.Tensor, k: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None,
+               q_offset: int = 0, key_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The attention logits ``[B, H, Lq, Lk]`` (fp32, masked keys at ``-inf``) of this module for
+        content vectors ``q [B, H, Lq, d]`` and ``k [B, H, Lk, d]`` taken *before* any rotary
+        embedding (as in :class:`AttentionRecord`), computed as the eager path does.
+
+        ``key_index [B, Lq, Lk]`` (analysis): for query ``m`` the key content at position ``n`` is
+        ``k[..., key_index[b, m, n], :]`` while every position stays where it is: the positional
+        terms, the rotation and the masks are those of position ``n``. This is how
+        ``agf_exp.analysis.heads`` permutes key contents among positions."""
+        rotary = self.pos is not None and self.pos.rotary
+        lq, lk, d = q.shape[2], k.shape[2], q.shape[3]
+        qf, kf = q.float(), k.float()
+        key_start = 0 if self.attn_type == AttnType.cross else q_offset
+        if rotary:
+            qf = self.pos.rotate(qf, self._positions(q_offset, lq, q.device))
+        if key_index is not None:  # [B, H, Lq, Lk, d]: the content placed at each (query, key position)
+            b, h = kf.shape[:2]
+            idx = key_index[:, None, :, :, None].expand(b, h, lq, lk, d)
+            kf = torch.gather(kf[:, :, None].expand(b, h, lq, lk, d), 3, idx)
+        if rotary:
+            kf = self.pos.rotate(kf, self._positions(key_start, lk, k.device))
+        if self.sco:
+            kf = kf / kf.norm(dim=-1, keepdim=True).clamp_min(_SCO_EPS)
+        terms = PosTerms()
+        if self._relative():
+            terms = self.pos.terms(relative_offsets(lq, lk, q_offset, q.device))
+        if key_index is None:
+            scores = qf @ kf.transpose(-1, -2) if terms.channel is None else \
+                _channel_scores_chunked(qf, kf, terms.channel.float())
+        elif terms.channel is None:
+            scores = torch.einsum("bhmc,bhmnc->bhmn", qf, kf)
+        else:
+            scores = torch.einsum("bhmc,bhmnc,hmnc->bhmn", qf, kf, terms.channel.float())
+        scores = _scale_and_position(scores, d, self.sco, terms.coef, terms.bias)
+        mask = _mask(key_padding_mask, self.causal, lq, lk, q_offset, q.device)
+        return scores if mask is None else scores.masked_fill(mask, float("-inf"))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -238,6 +305,7 @@ class MultiHeadAttention(nn.Module):
         projected memory once. Rotary modes rotate keys before they are cached."""
         rotary = self.pos is not None and self.pos.rotary
         q = self._split(self.q_proj(x))
+        q_content, k_content = q, None  # before rotary, for analysis recorders
         if rotary:
             q = self.pos.rotate(q, self._positions(q_offset, q.shape[2], q.device))
         if self.attn_type == AttnType.cross:
@@ -245,12 +313,14 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache["k"], cache["v"]
             else:
                 k, v = self._split(self.k_proj(memory)), self._split(self.v_proj(memory))
+                k_content = k
                 if rotary:
                     k = self.pos.rotate(k, self._positions(0, k.shape[2], k.device))
                 if cache is not None:
                     cache["k"], cache["v"] = k, v
         else:
             k, v = self._split(self.k_proj(x)), self._split(self.v_proj(x))
+            k_content = k if cache is None else None
             if rotary:
                 k = self.pos.rotate(k, self._positions(q_offset, k.shape[2], k.device))
             if cache is not None:
@@ -283,7 +353,9 @@ class MultiHeadAttention(nn.Module):
             )
             out, probs = out if want_probs else (out, None)
             if self.recorder is not None:
-                self.recorder(probs.detach(), key_padding_mask, q_offset)
+                self.recorder(AttentionRecord(
+                    self, probs.detach(), key_padding_mask, q_offset, q_content.detach(),
+                    None if k_content is None else k_content.detach()))
         elif backend == AttnBackend.sdpa:
             out = self._sdpa(q, k, v, key_padding_mask, q_offset, dropout_p)
         else:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agf_exp import analyze
-from agf_exp.analysis import curves, decay
+from agf_exp.analysis import curves, decay, heads
 
 PAPER_FIG5 = [62.9851, 67.6618, 69.025, 69.7529, 70.1426, 70.4782, 70.6026, 70.7271, 70.7603, 70.9213]
 
@@ -73,7 +73,7 @@ def test_profile_accumulator_on_constructed_attention():
     pad = torch.zeros(b, n, dtype=torch.bool)
     pad[1, 4:] = True  # the last two tokens of sentence 2 are padding
     acc = decay.ProfileAccumulator(h, max_distance=3, causal=False)
-    acc(probs, pad)
+    acc.add(probs, pad)
     offsets = np.arange(-3, 4)
     count = acc.count.numpy()
     # pairs at δ=+1: 5 in sentence 1, 3 in sentence 2 (queries 0..2 with keys 1..3)
@@ -82,18 +82,25 @@ def test_profile_accumulator_on_constructed_attention():
     assert mean[0, offsets == 1][0] == pytest.approx(1.0) and mean[0, offsets == -1][0] == 0.0
     assert mean[1, offsets == 2][0] == pytest.approx(1.0 / n)
     causal = decay.ProfileAccumulator(h, max_distance=3, causal=True)
-    causal(probs, pad)
+    causal.add(probs, pad)
     assert causal.count[offsets > 0].sum() == 0
 
 
-def test_decay_cli_on_a_smoke_checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A tiny AGF-M model trained on synthetic pairs of at most 24 source/target tokens."""
     from agf_exp.training import train
 
     from .conftest import make_cfg
 
-    run = tmp_path / "run"
-    train(make_cfg("experiment=smoke", "pos=agf_m", "trainer.decode_splits=[]", "data.train_size=600",
-                   "trainer.eval_every_steps=3"), run)
+    run = tmp_path_factory.mktemp("analysis") / "run"
+    train(make_cfg("experiment=smoke", "pos=agf_m", "trainer.decode_splits=[]", "data.train_size=900",
+                   "data.max_len=24", "trainer.eval_every_steps=3"), run)
+    return run
+
+
+def test_decay_and_curve_cli_on_a_smoke_checkpoint(smoke_run):
+    run = smoke_run
     assert analyze.main(["decay", f"ckpt={run / 'checkpoints/best.pt'}", "max_distance=12", "min_count=5",
                          "max_sentences=100"]) == 0
     result = json.loads((run / "analysis/decay.json").read_text())
@@ -106,6 +113,63 @@ def test_decay_cli_on_a_smoke_checkpoint(tmp_path):
     assert all(c == 0 for o, c in zip(dec["offsets"], dec["count"]) if o > 0)  # causal: no future keys
     assert analyze.main(["curve", f"run={run}"]) == 0
     assert (run / "analysis/learning_curve_fit.png").is_file()
+
+
+def test_heads_cli_on_a_smoke_checkpoint(smoke_run):
+    run = smoke_run
+    assert analyze.main(["heads", f"ckpt={run / 'checkpoints/best.pt'}", "max_sentences=60", "n_perms=3",
+                         "min_count=5"]) == 0
+    result = json.loads((run / "analysis/heads.json").read_text())
+    types = {h["attn_type"] for h in result["heads"]}
+    assert types == {"enc", "dec", "cross"} and all(h["rows"] > 0 for h in result["heads"])
+    assert all(h["P"] + h["S"] <= 1 + 1e-9 for h in result["heads"])  # the exclusion principle
+    assert (run / "analysis/heads_heatmap.png").is_file() and (run / "analysis/heads_plane.png").is_file()
+
+
+def test_lengths_cli_marks_buckets_beyond_the_training_length(smoke_run):
+    run = smoke_run
+    assert analyze.main(["lengths", f"ckpt={run / 'checkpoints/best.pt'}", "split=test", "buckets=[12,24,36]",
+                         "strategy=greedy"]) == 0
+    result = json.loads((run / "analysis/lengths_test.json").read_text())
+    rows = result["results"]
+    assert [r["bucket"] for r in rows] == ["1-12", "13-24", "25-36", "37+"]
+    assert sum(r["sentences"] for r in rows) == 100 and result["train_max_len"] == 24
+    assert [r["beyond_train"] for r in rows if r["sentences"]] == [r["src_len_min"] > 24 for r in rows if r["sentences"]]
+    assert any(r["beyond_train"] for r in rows)
+    for r in rows:
+        if r["sentences"]:
+            assert 0 <= r["bleu"] <= 100 and 0 <= r["acc"] <= 100 and r["ppl"] >= 1
+    assert (run / "analysis/lengths_test.png").is_file()
+    hyps = (run / "analysis/lengths_test.greedy.txt").read_text().splitlines()
+    assert len(hyps) == 100
+    assert analyze.main(["lengths", f"ckpt={run / 'checkpoints/best.pt'}", "split=long", "max_sentences=10",
+                         "buckets=[24]", "strategy=greedy"]) == 0
+    long = json.loads((run / "analysis/lengths_long.json").read_text())["results"]
+    assert long[0]["sentences"] == 0 and long[1]["sentences"] == 10 and long[1]["beyond_train"]
+
+
+def test_length_buckets():
+    from agf_exp.analysis import lengths
+
+    assert lengths.bucket_labels([10, 20]) == ["1-10", "11-20", "21+"]
+    assert lengths.assign([1, 10, 11, 20, 21, 500], [10, 20]).tolist() == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="increasing"):
+        lengths.assign([3], [20, 10])
+
+
+def test_synthetic_long_split_is_longer_and_leaves_the_other_splits_alone():
+    from agf_exp.data.synthetic import SyntheticDataConfig, load_synthetic
+
+    with_long = load_synthetic(SyntheticDataConfig(train_size=300, long_size=50), seed=3)
+    without = load_synthetic(SyntheticDataConfig(train_size=300, long_size=0), seed=3)
+    assert "long" not in without.splits
+    for split in ("train", "valid", "test"):
+        assert with_long.splits[split] == without.splits[split]
+    longest_train = max(len(s.split()) for s in with_long.splits["train"][0])
+    long_src = with_long.splits["long"][0]
+    assert len(long_src) == 50 and min(len(s.split()) for s in long_src) > 0
+    assert np.median([len(s.split()) for s in long_src]) > longest_train
+    assert all(s.count(" and ") == 3 for s in long_src)
 
 
 def test_recording_attaches_to_self_attention_only_and_detaches():
@@ -127,6 +191,128 @@ def test_recording_attaches_to_self_attention_only_and_detaches():
     assert all(m.recorder is None for m in model.modules() if isinstance(m, MultiHeadAttention))
 
 
+# ---- positional vs symbolic heads ---------------------------------------------------------------
+
+def _causal_valid(b, n):
+    return torch.ones(n, n, dtype=torch.bool).tril()[None].expand(b, n, n)
+
+
+def _masked(logits, valid):
+    return logits.masked_fill(~valid[:, None], float("-inf"))
+
+
+def test_random_key_index_permutes_valid_keys_within_each_row():
+    valid = _causal_valid(3, 6).clone()
+    valid[1, :, 4:] = False  # padding
+    index = heads.random_key_index(valid, torch.Generator().manual_seed(0))
+    for b in range(3):
+        for m in range(6):
+            ok = valid[b, m].nonzero().flatten().tolist()
+            assert sorted(index[b, m, ok].tolist()) == ok  # a permutation of the valid keys
+            rest = (~valid[b, m]).nonzero().flatten().tolist()
+            assert sorted(index[b, m, rest].tolist()) == rest
+
+
+def test_diagonal_offset_head_is_positional_and_fixed_token_head_is_symbolic():
+    """Head 0 attends to the previous position whatever is there; head 1 to one special token
+    wherever it is. Keys are random tokens; the decoder-style causal mask applies."""
+    b, n, special = 64, 10, 7
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 10, (b, n), generator=gen)
+    valid = _causal_valid(b, n)
+    delta = torch.arange(n)[None, :] - torch.arange(n)[:, None]
+
+    def logits_fn(index):
+        moved = tokens[:, None, :].expand(b, n, n) if index is None else torch.gather(
+            tokens[:, None, :].expand(b, n, n), 2, index)
+        positional = (-4.0 * (delta + 1).abs().float())[None].expand(b, n, n)
+        symbolic = 6.0 * (moved == special).float()
+        return _masked(torch.stack([positional, symbolic], 1), valid)
+
+    perm = heads.PermutationScores(2, n_perms=5, seed=0)
+    perm.add(logits_fn, valid, torch.ones(b, n, dtype=torch.bool))
+    p, s = perm.scores()
+    assert (p[0], s[0]) == pytest.approx((1.0, 0.0), abs=1e-6)
+    assert (p[1], s[1]) == pytest.approx((0.0, 1.0), abs=1e-6)
+
+    corr = heads.CorrelationRatios(2, vocab_size=10, max_distance=16, min_count=5)
+    corr.add(logits_fn(None), valid, torch.ones(b, n, dtype=torch.bool), tokens, torch.arange(b) % 2)
+    eta_pos, eta_sym = corr.scores()
+    assert eta_pos[0] == pytest.approx(1.0, abs=1e-9) and eta_sym[0] < 0.2
+    assert eta_sym[1] == pytest.approx(1.0, abs=1e-9) and eta_pos[1] < 0.2
+
+
+def test_mixed_heads_obey_the_exclusion_principle():
+    b, n = 32, 9
+    gen = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, 6, (b, n), generator=gen)
+    by_delta, by_token = torch.randn(3, 2 * n + 1, generator=gen), torch.randn(3, 6, generator=gen)
+    valid = torch.ones(b, n, n, dtype=torch.bool)
+    delta = (torch.arange(n)[None, :] - torch.arange(n)[:, None]) + n
+
+    def logits_fn(index):
+        moved = tokens[:, None, :].expand(b, n, n) if index is None else torch.gather(
+            tokens[:, None, :].expand(b, n, n), 2, index)
+        return torch.stack([by_delta[h][delta][None] + by_token[h][moved] for h in range(3)], 1)
+
+    perm = heads.PermutationScores(3, n_perms=4, seed=0)
+    perm.add(logits_fn, valid, torch.ones(b, n, dtype=torch.bool))
+    p, s = perm.scores()
+    assert np.all(p + s <= 1 + 1e-9) and np.all(p > 0) and np.all(s > 0)
+
+
+@pytest.mark.parametrize("mode", ["none", "agf", "agf_m", "agf_l", "alibi_bl", "kerple_log", "t5", "rope"])
+@pytest.mark.parametrize("attn_type", ["enc", "dec", "cross"])
+def test_recorded_logits_reproduce_the_attention_probabilities(mode, attn_type):
+    """AttentionRecord.logits recomputes what the module attended with, for every mode (RoPE: from
+    the unrotated q and k), and an identity key_index changes nothing."""
+    from agf_exp.attention import MultiHeadAttention
+
+    from .conftest import make_cfg
+
+    cfg = make_cfg(f"pos={mode}", "pos.apply_to=[enc,dec,cross]")
+    mha = MultiHeadAttention(16, 2, attn_type, cfg.pos, sco=mode == "agf_m").eval()
+    x, mem = torch.randn(3, 6, 16), torch.randn(3, 8, 16)
+    pad = torch.zeros(3, 8 if attn_type == "cross" else 6, dtype=torch.bool)
+    pad[2, -2:] = True
+    got = []
+    mha.recorder = got.append
+    with torch.no_grad():
+        _, probs = mha(x, mem if attn_type == "cross" else None, key_padding_mask=pad, return_probs=True)
+    rec = got[0]
+    logits = rec.logits()
+    assert torch.allclose(logits.softmax(-1), probs, atol=1e-6)
+    lk = logits.shape[-1]
+    identity = torch.arange(lk).expand(3, logits.shape[2], lk)
+    assert torch.allclose(rec.logits(identity), logits, atol=1e-5)
+
+
+def test_model_heads_with_only_positional_logits_and_vanilla_heads():
+    """Zeroed query projections leave ALiBi-B-L self-attention logits = bias(δ): positional (1, 0);
+    vanilla attention (pos=none) has no positional term in its logits: symbolic (0, 1)."""
+    from agf_exp.training import build_model
+
+    from .conftest import make_cfg
+
+    src = torch.randint(4, 40, (40, 9), generator=torch.Generator().manual_seed(3))
+    tgt = torch.randint(4, 40, (40, 8), generator=torch.Generator().manual_seed(4))
+    examples = [(s.tolist(), t.tolist()) for s, t in zip(src, tgt)]
+    model = build_model(make_cfg("experiment=smoke", "pos=alibi_bl"), vocab_size=40, pad_id=0).eval()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith("self_attn"):
+                module.q_proj.weight.zero_()
+    scores = heads.head_scores(model, examples, pad_id=0, vocab_size=40, n_perms=3, min_count=5)
+    self_attn = [s for s in scores if s.attn_type in ("enc", "dec")]
+    assert self_attn and all((s.P, s.S) == pytest.approx((1.0, 0.0), abs=1e-6) for s in self_attn)
+    assert all(s.eta_pos == pytest.approx(1.0, abs=1e-6) and s.dominant == "positional" for s in self_attn)
+    vanilla = build_model(make_cfg("experiment=smoke", "pos=none"), vocab_size=40, pad_id=0).eval()
+    scores = heads.head_scores(vanilla, examples, pad_id=0, vocab_size=40, n_perms=3, min_count=5)
+    assert all((s.P, s.S) == pytest.approx((0.0, 1.0), abs=1e-6) for s in scores)
+    text = heads.to_markdown(scores, pe=True)
+    assert "pe=true" in text and "| encoder.0.self_attn | 0 |" in text
+
+
 def test_cli_errors_are_clear(capsys):
     assert analyze.main(["nope"]) == 2
     assert "unknown tool 'nope'" in capsys.readouterr().err
@@ -134,3 +320,7 @@ def test_cli_errors_are_clear(capsys):
     assert "exactly one of run=" in capsys.readouterr().err
     assert analyze.main(["curve", "values=[1,2,3]"]) == 2
     assert "at least 4" in capsys.readouterr().err
+    assert analyze.main(["heads", "ckpt=/nonexistent/best.pt"]) == 2
+    assert "/nonexistent/best.pt" in capsys.readouterr().err
+    assert analyze.main(["lengths", "ckpt=x.pt", "buckets=[20,10]"]) == 2
+    assert "increasing positive upper edges" in capsys.readouterr().err

@@ -109,3 +109,21 @@ def test_auto_tags():
               "seed": 2, "table": "table5", "row": "alibi_bl_pcmv_exp"}
     assert auto_tags(config) == ["pos:alibi_bl", "pcmv", "experiment:small", "seed:2", "table:table5",
                                  "row:alibi_bl_pcmv_exp"]
+
+
+def test_analysis_images_go_to_the_runs_wandb_run(wandb_env):
+    from agf_exp import analyze
+
+    run = wandb_env / "run"
+    first = train(make_cfg(*FAST, "trainer.max_epochs=1", "logger.mode=offline"), run)
+    assert analyze.main(["heads", f"ckpt={run / 'checkpoints/best.pt'}", "max_sentences=20", "n_perms=2",
+                         "min_count=2"]) == 0
+    files = offline_runs(run)
+    assert len(files) == 2  # training, then the analysis resuming the same W&B run
+    logged = read_offline_run(files[-1])
+    assert logged["run"]["id"] == first["wandb_id"]
+    images = {k[: -len("/_type")] for h in logged["history"] for k, v in h.items() if v == "image-file"}
+    assert {"analysis/heads/heatmap", "analysis/heads/plane"} <= images
+    assert analyze.main(["heads", f"ckpt={run / 'checkpoints/best.pt'}", "max_sentences=20", "n_perms=2",
+                         "wandb=false"]) == 0
+    assert len(offline_runs(run)) == 2  # wandb=false logs nothing

@@ -29,7 +29,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..attention import MultiHeadAttention
+from ..attention import AttentionRecord, MultiHeadAttention
 from ..positional import AttnType
 
 
@@ -55,7 +55,11 @@ class ProfileAccumulator:
         self.weight = torch.zeros(n_heads, 2 * max_distance + 1, dtype=torch.float64)
         self.count = torch.zeros(2 * max_distance + 1, dtype=torch.float64)
 
-    def __call__(self, probs: torch.Tensor, key_padding_mask: Optional[torch.Tensor], q_offset: int = 0) -> None:
+    def __call__(self, rec: AttentionRecord) -> None:  # the MultiHeadAttention.recorder hook
+        self.add(rec.probs, rec.key_padding_mask, rec.q_offset)
+
+    def add(self, probs: torch.Tensor, key_padding_mask: Optional[torch.Tensor], q_offset: int = 0) -> None:
+        """Add ``probs [B, H, Lq, Lk]`` of one call (``key_padding_mask [B, Lk]`` True at padding)."""
         b, h, lq, lk = probs.shape
         device = probs.device
         delta = torch.arange(lk, device=device)[None, :] - (torch.arange(lq, device=device)[:, None] + q_offset)

@@ -42,6 +42,10 @@ class SyntheticDataConfig(DataConfig):
     p_pp: float = 0.3  # probability that a noun phrase takes a prepositional phrase
     p_conj: float = 0.2  # probability that a sentence is a conjunction of two clauses
     max_depth: int = 2  # nesting limit of prepositional phrases
+    # An extra split "long" for length extrapolation (not used in training): sentences of
+    # `long_clauses` conjoined clauses, longer than any training sentence (which has 1 or 2).
+    long_size: int = 300  # 0: no long split
+    long_clauses: int = 4
 
 
 _SRC_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "da", "pe", "bo", "fu", "gi", "ha", "ju", "ze"]
@@ -110,6 +114,13 @@ class Grammar:
             src, tgt = src + ["and"] + s2, tgt + ["und"] + t2
         return " ".join(src) + " .", " ".join(tgt) + " ."
 
+    def long_sentence(self, rng: random.Random, clauses: int) -> Tuple[str, str]:
+        src, tgt = self.clause(rng)
+        for _ in range(clauses - 1):
+            s2, t2 = self.clause(rng)
+            src, tgt = src + ["and"] + s2, tgt + ["und"] + t2
+        return " ".join(src) + " .", " ".join(tgt) + " ."
+
 
 @register_source(SyntheticDataConfig)
 def load_synthetic(cfg: SyntheticDataConfig, seed: int) -> ParallelCorpus:
@@ -122,4 +133,10 @@ def load_synthetic(cfg: SyntheticDataConfig, seed: int) -> ParallelCorpus:
     for split, n in sizes.items():
         pairs = [grammar.sentence(rng) for _ in range(n)]
         splits[split] = ([s for s, _ in pairs], [t for _, t in pairs])
+    if cfg.long_size > 0:
+        if cfg.long_clauses < 1:
+            raise ValueError(f"data.long_clauses must be >= 1, got {cfg.long_clauses}")
+        long_rng = random.Random(f"synthetic-long-{cfg.grammar_seed}-{seed}")  # leaves the other splits as they were
+        pairs = [grammar.long_sentence(long_rng, cfg.long_clauses) for _ in range(cfg.long_size)]
+        splits["long"] = ([s for s, _ in pairs], [t for _, t in pairs])
     return ParallelCorpus(splits, f"synthetic grammar (lexicon seed {cfg.grammar_seed}, sentence seed {seed})")
