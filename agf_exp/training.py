@@ -31,6 +31,7 @@ import random
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -44,8 +45,10 @@ from . import checkpoint
 from .config import ConfigError, Precision, to_container, validate
 from .data import DataBundle, collate, make_batches, prepare_data
 from .atomic import atomic_write_bytes
+from .distributed import Dist
+from .distributed import init as init_distributed
 from .evaluation import autocast, evaluate_split, score_translations, smoothed_loss, translate
-from .loggers import build_logger
+from .loggers import NullLogger, build_logger
 from .model import ModelConfig, Seq2SeqTransformer
 from .positional import MODES
 
@@ -155,17 +158,21 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    def __init__(self, cfg: DictConfig, run_dir: Path, dist: Optional[Dist] = None):
         validate(cfg)
         self.cfg, self.tcfg = cfg, cfg.trainer
+        self.dist = dist or Dist()
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config = to_container(cfg)
-        atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.config)).encode())
+        if self.dist.main:  # rank 0 owns the run dir
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.config)).encode())
         if self.tcfg.num_threads:
             torch.set_num_threads(self.tcfg.num_threads)
         self.device = resolve_device(self.tcfg.device.value)
+        if self.device.type == "cuda" and self.dist.active:
+            self.device = torch.device("cuda", self.dist.local_rank)  # one GPU per process
         if self.device.type == "cpu" and str(getattr(cfg.model.attn_backend, "value", cfg.model.attn_backend)) == "flex":
             raise ConfigError(f"model.attn_backend=flex cannot train on CPU: flex_attention in torch {torch.__version__} "
                               "has no CPU backward; use model.attn_backend=auto (eager/SDPA on CPU, flex on CUDA)")
@@ -174,12 +181,25 @@ class Trainer:
         self.data: DataBundle = prepare_data(cfg.data, cfg.seed)
         tok = self.data.tokenizer
         self.model = build_model(cfg, tok.vocab_size, tok.pad_id).to(self.device)
+        # what the training step calls: the model itself, or its DistributedDataParallel wrapper
+        # (which averages gradients over ranks); checkpoints and evaluation use self.model
+        self.train_model = self.model
+        if self.dist.active:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tcfg.lr, betas=tuple(self.tcfg.adam_betas),
                                           eps=self.tcfg.adam_eps, weight_decay=self.tcfg.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.state = TrainState()
         self.logger = None
         self._session_start, self._wall_before = time.perf_counter(), 0.0
+        self._seed_rank()
+
+    def _seed_rank(self) -> None:
+        """Distinct dropout streams per rank, derived from (seed, rank, step) so a resumed run with
+        the same world size draws the same ones (a no-op for one process)."""
+        if self.dist.active:
+            torch.manual_seed(self.cfg.seed * 1_000_003 + self.dist.rank * 7_919 + self.state.step)
 
     def wall_seconds(self) -> float:
         return self._wall_before + time.perf_counter() - self._session_start
@@ -200,7 +220,8 @@ class Trainer:
         return payload
 
     def save_last(self) -> None:
-        checkpoint.save_atomic(self._payload(full=True), self.ckpt_dir / "last.pt")
+        if self.dist.main:
+            checkpoint.save_atomic(self._payload(full=True), self.ckpt_dir / "last.pt")
 
     def try_resume(self) -> bool:
         path = self.ckpt_dir / "last.pt"
@@ -216,9 +237,10 @@ class Trainer:
         changed = _diff(ckpt["config"], self.config)
         if changed:
             log.warning("resuming with a changed config: %s", ", ".join(changed))
+        self._seed_rank()
         # forget evaluations logged after the checkpoint (an interrupted run may have written some)
         metrics = self.run_dir / "metrics.jsonl"
-        if metrics.is_file():
+        if metrics.is_file() and self.dist.main:
             lines = metrics.read_text().splitlines(keepends=True)[: self.state.metric_lines]
             atomic_write_bytes(metrics, "".join(lines).encode())
         log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.state.epoch,
@@ -228,12 +250,22 @@ class Trainer:
     # ---- training ----------------------------------------------------------------------------
 
     def _budget_left(self) -> bool:
+        """Whether to keep training; with several ranks, rank 0's answer (time budgets differ per rank)."""
+        return self.dist.broadcast(self._own_budget_left())
+
+    def _own_budget_left(self) -> bool:
         t = self.tcfg
         if t.max_steps is not None and self.state.step >= t.max_steps:
             return False
         if t.max_minutes is not None and self.state.train_seconds >= 60.0 * t.max_minutes:
             return False
         return True
+
+    def evaluate_on_main(self, train_loss: Optional[float], tokens_per_s: Optional[float]) -> None:
+        """Rank 0 evaluates (and saves best.pt); the other ranks wait for it."""
+        if self.dist.main:
+            self.evaluate(train_loss, tokens_per_s)
+        self.dist.barrier()
 
     def evaluate(self, train_loss: Optional[float], tokens_per_s: Optional[float]) -> Dict[str, Any]:
         metrics = evaluate_split(self.model, self.data.examples["valid"], batch_tokens=self.tcfg.eval_batch_tokens,
@@ -267,13 +299,14 @@ class Trainer:
         self._batches = make_batches(examples, t.batch_tokens, shuffle=True, seed=self.cfg.seed, epoch=st.epoch)
         n_batches = len(self._batches)
         self.model.train()
-        bar = tqdm(total=n_batches, initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}", disable=not t.progress,
-                   dynamic_ncols=True, leave=False)
+        bar = tqdm(total=n_batches, initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}",
+                   disable=not (t.progress and self.dist.main), dynamic_ncols=True, leave=False)
+        per_update = t.accum_steps * self.dist.world  # batches in one optimizer update, over all ranks
         window_loss, window_tokens, window_seconds = 0.0, 0, 0.0
         nonfinite = 0
         try:
             while st.batch_in_epoch < n_batches and self._budget_left():
-                group = self._batches[st.batch_in_epoch: st.batch_in_epoch + t.accum_steps]
+                group = self._batches[st.batch_in_epoch: st.batch_in_epoch + per_update]
                 start = time.perf_counter()
                 loss_sum, n_tokens = self._update(examples, group)
                 elapsed = time.perf_counter() - start
@@ -302,7 +335,7 @@ class Trainer:
                     self.logger.log({"train/loss": window_loss / max(window_tokens, 1), "train/lr": self._lr,
                                      "train/tokens_per_s": tps}, step=st.step)
                 if t.eval_every_steps and st.step % t.eval_every_steps == 0 and st.batch_in_epoch < n_batches:
-                    self.evaluate(window_loss / max(window_tokens, 1), tps)
+                    self.evaluate_on_main(window_loss / max(window_tokens, 1), tps)
                     window_loss, window_tokens, window_seconds = 0.0, 0, 0.0
                 if t.save_every_steps and st.step % t.save_every_steps == 0:
                     self.save_last()
@@ -316,19 +349,31 @@ class Trainer:
         self._window = (window_loss, window_tokens, window_seconds)
 
     def _update(self, examples, group):
-        """One optimizer update over ``group`` (``accum_steps`` batches). Returns (summed loss, tokens)."""
-        t = self.tcfg
-        batches = [collate(examples, idx) for idx in group]
-        n_tokens = sum(int(tgt[:, 1:].ne(self.data.tokenizer.pad_id).sum()) for _, tgt in batches)
+        """One optimizer update over ``group`` (``accum_steps`` × world-size batches; this rank
+        computes every world-size-th of them). Returns (loss summed over all ranks, target tokens).
+
+        The loss is normalised by the target tokens of the whole group and multiplied by the world
+        size, so DDP's gradient average equals the single-process gradient of the same group."""
+        t, world = self.tcfg, self.dist.world
+        n_tokens = sum(len(examples[i][1]) - 1 for idx in group for i in idx)  # gold tokens: tgt[1:]
+        mine = group[self.dist.rank::world]
+        # a rank without a batch in the last update of an epoch still joins the gradient all-reduce
+        # with a zero-weighted pass, so every rank runs the same collectives
+        weight = float(world) if mine else 0.0
+        batches = [collate(examples, idx) for idx in (mine or group[:1])]
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for src, tgt in batches:
+        for i, (src, tgt) in enumerate(batches):
             src, tgt = src.to(self.device), tgt.to(self.device)
-            with autocast(self.device, self.amp_dtype):
-                logits = self.model(src, tgt[:, :-1])
-            loss = smoothed_loss(logits, tgt[:, 1:], t.label_smoothing)
-            self.scaler.scale(loss / n_tokens).backward()
-            loss_sum += loss.item()
+            sync = i == len(batches) - 1 or not self.dist.active
+            with nullcontext() if sync else self.train_model.no_sync():
+                with autocast(self.device, self.amp_dtype):
+                    logits = self.train_model(src, tgt[:, :-1])
+                loss = smoothed_loss(logits, tgt[:, 1:], t.label_smoothing)
+                self.scaler.scale(loss / n_tokens * weight if world > 1 else loss / n_tokens).backward()
+            if mine:
+                loss_sum += loss.item()
+        loss_sum = self.dist.sum(loss_sum, self.device)
         if not math.isfinite(loss_sum):
             self.optimizer.zero_grad(set_to_none=True)
             if self.amp_dtype == torch.float16:
@@ -354,9 +399,9 @@ class Trainer:
             if st.batch_in_epoch >= len(self._batches):
                 st.epoch += 1
                 st.batch_in_epoch = 0
-                self.evaluate(train_loss, tps)
+                self.evaluate_on_main(train_loss, tps)
             elif tokens:  # stopped mid-epoch by max_steps / max_minutes
-                self.evaluate(train_loss, tps)
+                self.evaluate_on_main(train_loss, tps)
             self.save_last()
 
     # ---- final evaluation --------------------------------------------------------------------
@@ -473,66 +518,87 @@ def completed_summary(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]
 
 def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
     """Train (or resume) one run in ``run_dir`` and return its summary. A run dir that already
-    holds the finished run of this config is not trained again: its summary is returned."""
+    holds the finished run of this config is not trained again: its summary is returned.
+
+    Under ``torchrun`` every rank calls this; they train together on rank 0's run dir and all
+    return rank 0's summary (see :mod:`agf_exp.distributed`)."""
     validate(cfg)
-    done = completed_summary(cfg, Path(run_dir))
+    dist = init_distributed(str(getattr(cfg.trainer.device, "value", cfg.trainer.device)))
+    try:
+        return _train(cfg, Path(dist.broadcast(str(run_dir))), dist)
+    finally:
+        dist.close()
+
+
+def _train(cfg: DictConfig, run_dir: Path, dist: Dist) -> Dict[str, Any]:
+    done = completed_summary(cfg, run_dir)
     if done is not None:
         log.info("%s is complete (summary.json); skipping. Delete it to train again.", run_dir)
         return done
-    trainer = Trainer(cfg, Path(run_dir))
+    trainer = Trainer(cfg, run_dir, dist)
     trainer.try_resume()
     st = trainer.state
     params = trainer.model.num_parameters()
-    log.info("model: %d parameters (%d positional); device %s, autocast %s", params["total"],
-             params["positional"], trainer.device, trainer.amp_dtype)
-    logger_cfg = cfg.logger
-    trainer.logger = build_logger(logger_cfg, trainer.config, trainer.run_dir, run_id=st.wandb_id,
-                                  default_name=str(cfg.run_name))
-    st.wandb_id = trainer.logger.run_id
+    log.info("model: %d parameters (%d positional); device %s, autocast %s%s", params["total"],
+             params["positional"], trainer.device, trainer.amp_dtype,
+             f"; rank {dist.rank} of {dist.world}" if dist.active else "")
+    trainer.logger = NullLogger()
+    if dist.main:  # only rank 0 logs
+        trainer.logger = build_logger(cfg.logger, trainer.config, trainer.run_dir, run_id=st.wandb_id,
+                                      default_name=str(cfg.run_name))
+        st.wandb_id = trainer.logger.run_id
     try:
         trainer.fit()
-        decoded = trainer.final_decode()
-        trainer.draw_fields()
-        trainer.draw_curves()
-        last = {}
-        metrics_path = trainer.run_dir / "metrics.jsonl"
-        if metrics_path.is_file() and metrics_path.stat().st_size:
-            last = json.loads(metrics_path.read_text().splitlines()[-1])
-        summary = {
-            "status": "complete",
-            "run_name": str(cfg.run_name),
-            "experiment": str(cfg.experiment), "row": cfg.row, "table": cfg.table,
-            "pos": cfg.pos.name, "pcmv": bool(cfg.pcmv), "sco": bool(cfg.sco), "pe": bool(cfg.pe),
-            "seed": cfg.seed,
-            "data": trainer.data.description,
-            "final": last,
-            "best": {"metric": trainer.tcfg.best_metric, "value": st.best_value, "epoch": st.best_epoch,
-                     "step": st.best_step},
-            "decoding": decoded,
-            "parameters": params,
-            "epochs": st.epoch, "steps": st.step,
-            "train_seconds": st.train_seconds,
-            "train_tokens_per_s": st.train_tokens / st.train_seconds if st.train_seconds else None,
-            "wall_seconds": trainer.wall_seconds(),
-            "device": str(trainer.device) + (f" ({torch.cuda.get_device_name()})" if trainer.device.type == "cuda" else ""),
-            "autocast": str(trainer.amp_dtype),
-            "cpu_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "git_commit": git_commit(),
-            "argv": sys.argv,
-            "wandb_id": st.wandb_id,
-            "vocab_size": trainer.data.tokenizer.vocab_size,
-            "train_pairs": len(trainer.data.examples["train"]),
-            "train_pairs_dropped": trainer.data.dropped_train,
-        }
-        write_json(trainer.run_dir / "summary.json", summary)
-        flat = {f"final/{k}": v for k, v in last.items() if isinstance(v, (int, float))}
-        for key, scores in decoded.items():
-            for name in ("bleu", "chrf", "bleu_lc", "bleu_signature", "chrf_signature"):
-                flat[f"{key}/{name}"] = scores[name]
-        trainer.logger.summary({**flat, "parameters": params["total"], "positional_parameters": params["positional"]})
-        trainer.logger.save_files([trainer.run_dir / "summary.json", trainer.run_dir / "config.yaml",
-                                   trainer.run_dir / "metrics.jsonl", *sorted((trainer.run_dir / "hyps").glob("*.txt"))])
-        return summary
+        summary = _finish(cfg, trainer, params) if dist.main else None
+        return dist.broadcast(summary)
     finally:
         trainer.logger.finish()
+
+
+def _finish(cfg: DictConfig, trainer: Trainer, params: Dict[str, int]) -> Dict[str, Any]:
+    """Rank 0, after training: decode, draw, write summary.json and the W&B summary."""
+    st = trainer.state
+    decoded = trainer.final_decode()
+    trainer.draw_fields()
+    trainer.draw_curves()
+    last = {}
+    metrics_path = trainer.run_dir / "metrics.jsonl"
+    if metrics_path.is_file() and metrics_path.stat().st_size:
+        last = json.loads(metrics_path.read_text().splitlines()[-1])
+    summary = {
+        "status": "complete",
+        "run_name": str(cfg.run_name),
+        "experiment": str(cfg.experiment), "row": cfg.row, "table": cfg.table,
+        "pos": cfg.pos.name, "pcmv": bool(cfg.pcmv), "sco": bool(cfg.sco), "pe": bool(cfg.pe),
+        "seed": cfg.seed,
+        "data": trainer.data.description,
+        "final": last,
+        "best": {"metric": trainer.tcfg.best_metric, "value": st.best_value, "epoch": st.best_epoch,
+                 "step": st.best_step},
+        "decoding": decoded,
+        "parameters": params,
+        "epochs": st.epoch, "steps": st.step,
+        "train_seconds": st.train_seconds,
+        "train_tokens_per_s": st.train_tokens / st.train_seconds if st.train_seconds else None,
+        "wall_seconds": trainer.wall_seconds(),
+        "device": str(trainer.device) + (f" ({torch.cuda.get_device_name()})" if trainer.device.type == "cuda" else ""),
+        "world_size": trainer.dist.world,
+        "autocast": str(trainer.amp_dtype),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "argv": sys.argv,
+        "wandb_id": st.wandb_id,
+        "vocab_size": trainer.data.tokenizer.vocab_size,
+        "train_pairs": len(trainer.data.examples["train"]),
+        "train_pairs_dropped": trainer.data.dropped_train,
+    }
+    write_json(trainer.run_dir / "summary.json", summary)
+    flat = {f"final/{k}": v for k, v in last.items() if isinstance(v, (int, float))}
+    for key, scores in decoded.items():
+        for name in ("bleu", "chrf", "bleu_lc", "bleu_signature", "chrf_signature"):
+            flat[f"{key}/{name}"] = scores[name]
+    trainer.logger.summary({**flat, "parameters": params["total"], "positional_parameters": params["positional"]})
+    trainer.logger.save_files([trainer.run_dir / "summary.json", trainer.run_dir / "config.yaml",
+                               trainer.run_dir / "metrics.jsonl", *sorted((trainer.run_dir / "hyps").glob("*.txt"))])
+    return summary
