@@ -132,12 +132,11 @@ def _log_to_wandb(run_dir: Optional[Path], config: Optional[dict], wandb_id: Opt
     if not wandb_id or run_dir is None:
         print("note: no W&B run id recorded for this run; images not logged to W&B", file=sys.stderr)
         return
-    from omegaconf import OmegaConf as _OC
-
     from .config import LoggerConfig
     from .loggers import WandbLogger
 
-    logger_cfg = _OC.to_object(_OC.merge(_OC.structured(LoggerConfig), (config or {}).get("logger") or {}))
+    logger_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LoggerConfig),
+                                                     (config or {}).get("logger") or {}))
     logger = WandbLogger(logger_cfg, config or {}, run_dir, run_id=wandb_id)
     try:
         logger.log_images({f"analysis/{k}": v for k, v in images.items()}, step=None)

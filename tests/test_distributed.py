@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from agf_exp import checkpoint
 from agf_exp.data import make_batches, prepare_data
