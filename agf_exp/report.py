@@ -100,6 +100,12 @@ def row_of(config: Dict[str, Any], signatures: Dict[Tuple, str]) -> Optional[str
     return signatures.get((pos, bool(config.get("pcmv")), bool(config.get("sco")), bool(config.get("pe"))))
 
 
+def read_metrics(path: Path) -> List[Dict[str, Any]]:
+    """The evaluations a trainer appended to ``metrics.jsonl`` (empty when the file is missing)."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def _read_lines(path: Path) -> Optional[List[str]]:
     return path.read_text().split("\n")[:-1] if path.is_file() else None
 
@@ -111,9 +117,7 @@ def load_run(run_dir: Path, signatures: Dict[Tuple, str]) -> Run:
     summary = None
     if (run_dir / "summary.json").is_file():
         summary = json.loads((run_dir / "summary.json").read_text())
-    metrics = []
-    if (run_dir / "metrics.jsonl").is_file():
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = read_metrics(run_dir / "metrics.jsonl")
     files = {}
     for path in sorted((run_dir / "hyps").glob("*.txt")):
         files[path.stem] = _read_lines(path)
@@ -163,10 +167,8 @@ def collect_wandb(path: str, table_name: Optional[str] = None, api: Any = None,
         summary = json.loads((target / "summary.json").read_text()) if (target / "summary.json").is_file() else None
         if summary is None and getattr(wrun, "state", "") == "finished":
             summary = {"status": "complete", "final": {}, "decoding": {}}
-        metrics = []
-        if (target / "metrics.jsonl").is_file():
-            metrics = [json.loads(x) for x in (target / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        else:
+        metrics = read_metrics(target / "metrics.jsonl")
+        if not (target / "metrics.jsonl").is_file():
             for row in wrun.scan_history():
                 if row.get("eval/val_acc") is not None:
                     metrics.append({k[len("eval/"):]: v for k, v in row.items() if k.startswith("eval/")})
@@ -519,10 +521,7 @@ def plot_run_curves(run_dir: Path) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics_path = Path(run_dir) / "metrics.jsonl"
-    if not metrics_path.is_file():
-        return None
-    evals = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+    evals = read_metrics(Path(run_dir) / "metrics.jsonl")
     if not evals:
         return None
     x = [e["epoch_fraction"] for e in evals]

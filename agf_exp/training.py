@@ -250,7 +250,10 @@ class Trainer:
     # ---- training ----------------------------------------------------------------------------
 
     def _budget_left(self) -> bool:
-        """Whether to keep training; with several ranks, rank 0's answer (time budgets differ per rank)."""
+        """Whether to keep training. A time budget (``max_minutes``) is measured per rank, so with
+        several ranks it is rank 0's answer that counts; the other limits agree on every rank."""
+        if self.tcfg.max_minutes is None:
+            return self._own_budget_left()
         return self.dist.broadcast(self._own_budget_left())
 
     def _own_budget_left(self) -> bool:

@@ -14,7 +14,6 @@ of its prediction of that point is reported (how well each form extrapolates). `
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -115,7 +114,9 @@ def curve_from_run(run_dir: Path, metric: str = "val_acc") -> Tuple[List[float],
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; give a run dir written by the trainer, or values=[...]")
-    evals = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from ..report import read_metrics
+
+    evals = read_metrics(path)
     if evals and metric not in evals[0]:
         raise ValueError(f"metric={metric!r} is not in metrics.jsonl; it has {sorted(evals[0])}")
     return [e["epoch_fraction"] for e in evals], [e[metric] for e in evals]

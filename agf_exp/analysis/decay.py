@@ -31,6 +31,7 @@ import torch
 
 from ..attention import AttentionRecord, MultiHeadAttention
 from ..positional import AttnType
+from . import recorders
 
 
 @dataclass
@@ -81,36 +82,17 @@ class ProfileAccumulator:
 @contextmanager
 def recording(model: torch.nn.Module, max_distance: int, types=(AttnType.enc, AttnType.dec)) -> Iterator[Dict[str, ProfileAccumulator]]:
     """Attach a :class:`ProfileAccumulator` to every self-attention module of ``model`` (eager path)."""
-    accs: Dict[str, ProfileAccumulator] = {}
-    modules = []
-    for name, module in model.named_modules():
-        if isinstance(module, MultiHeadAttention) and module.attn_type in types:
-            acc = ProfileAccumulator(module.n_heads, max_distance, module.causal)
-            module.recorder = acc
-            accs[name] = acc
-            modules.append(module)
-    try:
+    with recorders.recording(model, lambda name, m: ProfileAccumulator(m.n_heads, max_distance, m.causal)
+                             if m.attn_type in types else None) as accs:
         yield accs
-    finally:
-        for module in modules:
-            module.recorder = None
 
 
-@torch.no_grad()
 def attention_profiles(model, examples, *, max_distance: int = 40, batch_tokens: int = 4096,
                        device: torch.device = torch.device("cpu")) -> List[Profile]:
     """Teacher-forced pass over ``examples``; one :class:`Profile` per self-attention module."""
-    from ..data import collate, make_batches
-
-    model.eval()
-    types = {}
-    for name, module in model.named_modules():
-        if isinstance(module, MultiHeadAttention):
-            types[name] = module.attn_type.value
+    types = {name: m.attn_type.value for name, m in model.named_modules() if isinstance(m, MultiHeadAttention)}
     with recording(model, max_distance) as accs:
-        for idx in make_batches(examples, batch_tokens, shuffle=False):
-            src, tgt = (t.to(device) for t in collate(examples, idx))
-            model(src, tgt[:, :-1])
+        recorders.teacher_forced_pass(model, examples, batch_tokens, device)
     offsets = np.arange(-max_distance, max_distance + 1)
     return [Profile(name, types[name], offsets, acc.weight.numpy(), acc.count.numpy()) for name, acc in accs.items()]
 

@@ -45,6 +45,7 @@ otherwise.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from contextlib import contextmanager
@@ -56,6 +57,7 @@ import numpy as np
 import torch
 
 from ..attention import AttentionRecord, MultiHeadAttention
+from . import recorders
 
 _MIN_D0 = 1e-6
 
@@ -88,11 +90,12 @@ class PermutationScores:
         self.rows = torch.zeros(n_heads, dtype=torch.float64)
 
     def add(self, logits_fn: Callable[[Optional[torch.Tensor]], torch.Tensor], valid: torch.Tensor,
-            query_ok: torch.Tensor) -> None:
+            query_ok: torch.Tensor, logits: Optional[torch.Tensor] = None) -> None:
         """``logits_fn(key_index)`` gives ``[B, H, Lq, Lk]`` logits (masked at ``-inf``) with key
         contents moved by ``key_index`` (``None``: unmoved); ``valid [B, Lq, Lk]`` the allowed keys;
-        ``query_ok [B, Lq]`` the real (non-padding) queries."""
-        p = logits_fn(None).softmax(-1).nan_to_num(0.0)
+        ``query_ok [B, Lq]`` the real (non-padding) queries; ``logits``: ``logits_fn(None)`` when
+        the caller already has it."""
+        p = (logits_fn(None) if logits is None else logits).softmax(-1).nan_to_num(0.0)
         d_pos, d_sym, d_0 = [], [], []
         for _ in range(self.n_perms):
             index = random_key_index(valid, self.generator)
@@ -248,7 +251,7 @@ class HeadRecorder:
             valid = valid & torch.ones(lq, lk, dtype=torch.bool, device=valid.device).tril(rec.q_offset)[None]
         logits = rec.logits()
         self.corr.add(logits, valid, query_ok, keys, bt.half, rec.q_offset)
-        self.perm.add(rec.logits, valid, query_ok)
+        self.perm.add(rec.logits, valid, query_ok, logits)
 
 
 @dataclass
@@ -281,20 +284,14 @@ def recording(model: torch.nn.Module, vocab_size: int, *, n_perms: int = 20, max
               tgt_groups: Optional[torch.Tensor] = None) -> Iterator[Dict[str, HeadRecorder]]:
     """Attach a :class:`HeadRecorder` to every attention module of ``model`` (``src_groups`` /
     ``tgt_groups``: token groups of the keys of source-side and target-side attention)."""
-    recs: Dict[str, HeadRecorder] = {}
-    modules = []
-    for i, (name, module) in enumerate(model.named_modules()):
-        if isinstance(module, MultiHeadAttention):
-            groups = tgt_groups if module.attn_type.value == "dec" else src_groups
-            rec = HeadRecorder(module, vocab_size, n_perms, max_distance, min_count, seed + i, groups)
-            module.recorder = rec
-            recs[name] = rec
-            modules.append(module)
-    try:
+    seeds = itertools.count(seed)  # one permutation stream per module
+
+    def make(name: str, module: MultiHeadAttention) -> HeadRecorder:
+        groups = tgt_groups if module.attn_type.value == "dec" else src_groups
+        return HeadRecorder(module, vocab_size, n_perms, max_distance, min_count, next(seeds), groups)
+
+    with recorders.recording(model, make) as recs:
         yield recs
-    finally:
-        for module in modules:
-            module.recorder = None
 
 
 def _layer(name: str) -> int:
@@ -302,24 +299,20 @@ def _layer(name: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-@torch.no_grad()
 def head_scores(model, examples, *, pad_id: int, vocab_size: int, n_perms: int = 20, max_distance: int = 64,
                 min_count: int = 20, batch_tokens: int = 4096, seed: int = 0,
                 device: torch.device = torch.device("cpu")) -> List[HeadScores]:
     """Teacher-forced pass over ``examples``; both scores for every head of every attention module."""
-    from ..data import collate, make_batches
-
-    model.eval()
     src_groups = token_groups(examples, vocab_size, 0, min_count)
     tgt_groups = token_groups(examples, vocab_size, 1, min_count)
     with recording(model, vocab_size, n_perms=n_perms, max_distance=max_distance, min_count=min_count,
                    seed=seed, src_groups=src_groups, tgt_groups=tgt_groups) as recs:
-        for idx in make_batches(examples, batch_tokens, shuffle=False):
-            src, tgt = (t.to(device) for t in collate(examples, idx))
+        def before_batch(idx, src, tgt):
             batch = Batch(src, tgt[:, :-1], pad_id, torch.tensor([i % 2 for i in idx], device=device))
             for rec in recs.values():
                 rec.batch = batch
-            model(src, tgt[:, :-1])
+
+        recorders.teacher_forced_pass(model, examples, batch_tokens, device, before_batch)
     out = []
     for name, rec in recs.items():
         p, s = rec.perm.scores()
