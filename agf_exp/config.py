@@ -9,7 +9,7 @@ group       schema                                      options (conf/<group>/*.
 =========== =========================================== =====================================
 pos         ``PosConfig`` subclass of each mode          none, agf, agf_m, agf_l, alibi, ...
 model       :class:`agf_exp.model.ModelConfig`           tiny, small, transformer_big
-data        ``DataConfig`` subclass of each source       synthetic, multi30k, files
+data        ``DataConfig`` subclass of each source       synthetic, multi30k, files, wmt17_en_de
 trainer     :class:`TrainerConfig`                       default
 logger      :class:`LoggerConfig`                        none, wandb
 experiment  (``@package _global_`` overrides)            quick, smoke, small, paper
@@ -192,6 +192,9 @@ def validate(cfg: DictConfig) -> None:
     for split in cfg.trainer.decode_splits:
         if split not in ("train", "valid", "test"):
             raise ConfigError(f"trainer.decode_splits has {split!r}; use train, valid or test")
+        if split == "train" and cfg.data.get("binarize"):
+            raise ConfigError("trainer.decode_splits has 'train', but the training split is binarised "
+                              "(data.binarize=true) and kept on disk as ids only; decode valid/test")
     for strategy in cfg.trainer.decode_strategies:
         if strategy not in ("greedy", "beam"):
             raise ConfigError(f"trainer.decode_strategies has {strategy!r}; use greedy and/or beam")

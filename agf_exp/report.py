@@ -585,6 +585,32 @@ def write_all(runs: List[Run], out: Path, experiment: Optional[str], n_bootstrap
     return out
 
 
+def export_runs(runs: List[Run], root: Path, dest: Path, experiment: Optional[str] = None) -> List[Path]:
+    """Copy what the report reads from every finished run below ``root`` into the same relative
+    dirs below ``dest``: config.yaml, summary.json, metrics.jsonl, the test/valid translations
+    and references (for the paired bootstrap) and the analysis JSON files; no checkpoints. The
+    report run on ``dest`` equals the report run on ``root`` (tested), so ``dest`` can be
+    committed."""
+    import shutil
+
+    root, dest = Path(root).resolve(), Path(dest)
+    written = []
+    for run in runs:
+        if not run.complete or (experiment is not None and run.experiment != experiment):
+            continue
+        src = Path(run.path).resolve()
+        target = dest / src.relative_to(root)
+        names = ["config.yaml", "summary.json", "metrics.jsonl"]
+        names += [str(p.relative_to(src)) for p in sorted((src / "hyps").glob("*.txt"))]
+        names += [str(p.relative_to(src)) for p in sorted((src / "analysis").glob("*.json"))]
+        for name in names:
+            if (src / name).is_file():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / name, target / name)
+        written.append(target)
+    return written
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agf_exp.report", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -597,9 +623,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--format", choices=["md", "csv", "json"], default="md")
     parser.add_argument("--out", type=Path, help="write here instead of stdout (--all: default <runs>/REPORT.md)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
+    parser.add_argument("--export", type=Path, metavar="DIR",
+                        help="copy the finished runs' small files (no checkpoints) into DIR, e.g. results/multi30k-small")
     args = parser.parse_args(argv)
+    if args.export:
+        root = args.runs or Path("outputs/sweeps")
+        try:
+            written = export_runs(collect_runs(root), root, args.export, args.experiment)
+        except ReportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"exported {len(written)} finished run(s) from {root} to {args.export}")
+        return 0
     if not args.all and not args.table:
-        parser.error("name a table (table1 ... table6) or pass --all")
+        parser.error("name a table (table1 ... table6) or pass --all or --export")
     try:
         needs_runs = args.all or get_table(args.table).name != "table3"
         runs: List[Run] = []

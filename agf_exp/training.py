@@ -51,6 +51,7 @@ from .evaluation import autocast, evaluate_split, score_translations, smoothed_l
 from .loggers import NullLogger, build_logger
 from .model import ModelConfig, Seq2SeqTransformer
 from .positional import MODES
+from .preemption import PreemptionGuard
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,11 @@ class Trainer:
                               "has no CPU backward; use model.attn_backend=auto (eager/SDPA on CPU, flex on CUDA)")
         self.amp_dtype = resolve_precision(self.tcfg.precision, self.device)
         seed_everything(cfg.seed)
+        if not self.dist.main:
+            self.dist.barrier()  # rank 0 trains the tokenizer and builds any binarised cache first
         self.data: DataBundle = prepare_data(cfg.data, cfg.seed)
+        if self.dist.main:
+            self.dist.barrier()
         tok = self.data.tokenizer
         self.model = build_model(cfg, tok.vocab_size, tok.pad_id).to(self.device)
         # what the training step calls: the model itself, or its DistributedDataParallel wrapper
@@ -191,6 +196,7 @@ class Trainer:
                                           eps=self.tcfg.adam_eps, weight_decay=self.tcfg.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.state = TrainState()
+        self._preemption: Optional[PreemptionGuard] = None  # set while fit() runs
         self.logger = None
         self._session_start, self._wall_before = time.perf_counter(), 0.0
         self._seed_rank()
@@ -342,6 +348,11 @@ class Trainer:
                     window_loss, window_tokens, window_seconds = 0.0, 0, 0.0
                 if t.save_every_steps and st.step % t.save_every_steps == 0:
                     self.save_last()
+                if self._preemption is not None and self._preemption.pending:
+                    log.warning("preempted: saving %s at step %d; the job resumes from it when run again",
+                                self.ckpt_dir / "last.pt", st.step)
+                    self.save_last()
+                    self._preemption.hand_on()
         except KeyboardInterrupt:
             log.warning("interrupted: saving %s at step %d; re-run with the same run dir to resume",
                         self.ckpt_dir / "last.pt", st.step)
@@ -393,6 +404,16 @@ class Trainer:
         return loss_sum, n_tokens
 
     def fit(self) -> None:
+        """Train until the budget is spent. A preemption signal (SIGTERM, submitit's SIGUSR2) is
+        acted on after the update in progress: last.pt is written, then the signal is handed on
+        (see :mod:`agf_exp.preemption`)."""
+        with PreemptionGuard() as self._preemption:
+            self._fit()
+            if self._preemption.pending:  # arrived during the last evaluation
+                self.save_last()
+                self._preemption.hand_on()
+
+    def _fit(self) -> None:
         t, st = self.tcfg, self.state
         while st.epoch < t.max_epochs and self._budget_left():
             self.train_epoch()

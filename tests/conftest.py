@@ -17,6 +17,8 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
     """One sentencepiece cache for the whole session (AGF_CACHE_DIR wins when CI sets it)."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # tests never download (Hugging Face datasets)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not os.environ.get("AGF_CACHE_DIR"):
         os.environ["AGF_CACHE_DIR"] = str(tmp_path_factory.mktemp("agf_cache"))
     torch.set_num_threads(min(2, torch.get_num_threads()))

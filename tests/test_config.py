@@ -63,6 +63,15 @@ def test_transformer_big_is_the_papers_model():
     assert (m.d_model, m.n_heads, m.d_ff, m.enc_layers, m.dec_layers) == (1024, 16, 4096, 3, 3)
 
 
+def test_paper_experiment_is_table_1_on_wmt17():
+    cfg = make_cfg("experiment=paper")
+    validate(cfg)
+    assert cfg.model.name == "transformer_big" and cfg.data.name == "wmt17_en_de" and cfg.data.binarize
+    t = cfg.trainer
+    assert t.precision.value == "fp16" and t.max_epochs == 10 and t.batch_tokens * t.accum_steps == 50_000
+    assert abs(t.lr - 2 * 1024 ** -0.5 * 4000 ** -0.5) < 1e-12 and t.clip_grad_norm == 0  # OpenNMT-py noam peak
+
+
 def test_paper_command_line_works_as_written():
     cfg = make_cfg("pos=agf_m", "pcmv=true")
     assert cfg.pcmv is True and cfg.pos.name == "agf_m" and cfg.pe is False

@@ -91,12 +91,31 @@ def test_batches_respect_token_budget_and_cover_every_example():
         assert src.shape[1] == max(len(ex[i][0]) for i in b)
 
 
+def _batches(*args, **kwargs):
+    return [b.tolist() for b in make_batches(*args, **kwargs)]
+
+
 def test_batches_are_seeded_per_epoch():
     ex = _examples()
-    a = make_batches(ex, 600, shuffle=True, seed=1, epoch=0)
-    assert a == make_batches(ex, 600, shuffle=True, seed=1, epoch=0)
-    assert a != make_batches(ex, 600, shuffle=True, seed=1, epoch=1)
-    assert a != make_batches(ex, 600, shuffle=True, seed=2, epoch=0)
+    a = _batches(ex, 600, shuffle=True, seed=1, epoch=0)
+    assert a == _batches(ex, 600, shuffle=True, seed=1, epoch=0)
+    assert a != _batches(ex, 600, shuffle=True, seed=1, epoch=1)
+    assert a != _batches(ex, 600, shuffle=True, seed=2, epoch=0)
+
+
+def test_batches_sort_by_length_with_seeded_ties():
+    """The sort key is (longest side, source length, target length); equal keys keep the
+    seeded permutation, so the batches are a function of the lengths and (seed, epoch) only."""
+    import random
+    ex = _examples(300)
+    for seed in (0, 3):
+        perm = list(range(len(ex)))
+        random.Random(f"{seed}-0").shuffle(perm)
+        expected = sorted(perm, key=lambda i: (max(len(ex[i][0]), len(ex[i][1])), len(ex[i][0]), len(ex[i][1])))
+        got = sorted(_batches(ex, 600, shuffle=True, seed=seed, epoch=0), key=lambda b: expected.index(b[0]))
+        assert [i for b in got for i in b] == expected
+    # an example longer than the budget gets a batch of its own
+    assert _batches([([5] * 50, [2, 6, 3])] * 3, 40, shuffle=False) == [[0], [1], [2]]
 
 
 def test_length_bucketing_keeps_padding_low():

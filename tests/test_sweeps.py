@@ -136,6 +136,24 @@ def test_report_all_writes_every_table(swept, tmp_path):
         assert (tmp_path / f"{name}.csv").read_text().startswith("row,label,paper")
 
 
+def test_exported_runs_give_the_same_report(swept, tmp_path):
+    """`--export` copies what the report reads (no checkpoints); the report of the copy equals
+    the report of the original run dirs, bootstrap included."""
+    src, dest = swept / "outputs/sweeps", tmp_path / "results"
+    assert report.main(["--export", str(dest), "--runs", str(src), "--experiment", "smoke"]) == 0
+    assert not list(dest.rglob("*.pt")) and (dest / "table4/smoke/agf_m_pcmv/seed1/hyps/test.ref.txt").is_file()
+
+    def without_paths(obj):
+        if isinstance(obj, dict):
+            return {k: without_paths(v) for k, v in obj.items() if k not in ("runs", "duplicates_ignored", "unfinished")}
+        return [without_paths(v) for v in obj] if isinstance(obj, list) else obj
+
+    for name in ("table1", "table4"):
+        a = report.report_table(name, report.collect_runs(src), "smoke", n_bootstrap=200)
+        b = report.report_table(name, report.collect_runs(dest), "smoke", n_bootstrap=200)
+        assert without_paths(a) == without_paths(b)
+
+
 def test_rerun_skips_finished_runs(swept):
     summaries = sorted((swept / "outputs/sweeps/table5/smoke").rglob("summary.json"))
     before = [p.stat().st_mtime_ns for p in summaries]

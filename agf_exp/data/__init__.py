@@ -1,20 +1,23 @@
 """Data: raw parallel corpora -> joint sentencepiece -> id sequences -> token-count batches.
 
-Sources (``data=...``): ``synthetic`` (generated, the default), ``multi30k``, ``files``; each is
-one module that registers its config schema and loader with :func:`register_source`.
+Sources (``data=...``): ``synthetic`` (generated, the default), ``multi30k``, ``files``,
+``wmt17_en_de``; each is one module that registers its config schema and loader with
+:func:`register_source`. Large training splits are binarised once and streamed from disk
+(:mod:`agf_exp.data.binarized`).
 """
 from __future__ import annotations
 
 import importlib
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from .batching import Example, collate, make_batches
+from . import binarized
 from .corpus import SOURCES, SPLITS, DataConfig, DataError, ParallelCorpus, expand, register_source
 from .tokenizer import BOS, EOS, Tokenizer, train_or_load
 
-for _name in ("synthetic", "multi30k", "files"):
+for _name in ("synthetic", "multi30k", "files", "wmt17"):
     importlib.import_module(f"{__name__}.{_name}")
 
 log = logging.getLogger(__name__)
@@ -23,8 +26,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class DataBundle:
     tokenizer: Tokenizer
-    examples: Dict[str, List[Example]]  # per split, id sequences
-    raw: Dict[str, Tuple[List[str], List[str]]]  # per split, raw (src, tgt) text; train is filtered
+    examples: Dict[str, Sequence[Example]]  # per split, id sequences (train may be memory-mapped)
+    raw: Dict[str, Tuple[List[str], List[str]]]  # per split, raw (src, tgt) text; train is filtered (absent if binarised)
     description: str
     dropped_train: int
 
@@ -43,10 +46,16 @@ def prepare_data(cfg: DataConfig, seed: int) -> DataBundle:
     """Load, tokenise and encode every split. Training pairs with an empty side or more than
     ``max_len`` subword tokens on either side are dropped (valid/test are kept whole)."""
     corpus = load_corpus(cfg, seed)
-    train_src, train_tgt = corpus.splits["train"]
-    tok = train_or_load(train_src + train_tgt, cfg.vocab_size, cfg.subword_model.value, expand(cfg.cache_dir))
     examples, raw, dropped = {}, {}, 0
+    if corpus.train_pairs is not None:  # a large corpus: streamed from its binarised cache
+        tok, examples["train"] = binarized.prepare(cfg, corpus.train_pairs)
+        dropped = examples["train"].dropped
+    else:
+        train_src, train_tgt = corpus.splits["train"]
+        tok = train_or_load(train_src + train_tgt, cfg.vocab_size, cfg.subword_model.value, expand(cfg.cache_dir))
     for split in SPLITS:
+        if split in examples:
+            continue
         src, tgt = corpus.splits[split]
         encoded = encode_pairs(tok, src, tgt)
         if split == "train":

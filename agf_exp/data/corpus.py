@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import enum
 import gzip
+import hashlib
 import os
 from dataclasses import dataclass
+from itertools import chain, zip_longest
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Tuple, Type
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Type
 
 SPLITS = ("train", "valid", "test")
 
@@ -39,11 +41,95 @@ class DataConfig:
     max_len: int = 100  # training pairs with more subword tokens on either side are dropped
 
 
+class PairSource:
+    """A training split too large to hold as text: sentence pairs read one by one, each time
+    the source is iterated. ``fingerprint()`` identifies the content (it keys the caches)."""
+
+    description: str = ""
+
+    def __iter__(self) -> Iterator[Tuple[str, str]]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def count(self) -> Optional[int]:
+        """The number of pairs when known cheaply (progress bars), else None."""
+        return None
+
+
+class ListPairs(PairSource):
+    """Pairs already in memory (small corpora, tests)."""
+
+    def __init__(self, src: Sequence[str], tgt: Sequence[str], description: str = "in-memory pairs"):
+        self.src, self.tgt, self.description = src, tgt, description
+
+    def __iter__(self):
+        return zip(self.src, self.tgt)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for line in chain(self.src, ["\0"], self.tgt):
+            h.update(line.encode("utf-8") + b"\n")
+        return h.hexdigest()
+
+    def count(self) -> int:
+        return len(self.src)
+
+
+class FilePairs(PairSource):
+    """Two parallel text files (plain or .gz), streamed line by line; a length mismatch or a
+    decoding error is reported, with the line, when the iteration reaches it."""
+
+    def __init__(self, src_path: Path, tgt_path: Path):
+        self.paths = (Path(src_path), Path(tgt_path))
+        for path in self.paths:
+            if not path.is_file():
+                raise DataError(f"data file {path} does not exist; check the path in the data config")
+        self.description = f"{self.paths[0]} + {self.paths[1]}"
+
+    def __iter__(self) -> Iterator[Tuple[str, str]]:
+        src_path, tgt_path = self.paths
+        with _open_binary(src_path) as fs, _open_binary(tgt_path) as ft:
+            for n, (s, t) in enumerate(zip_longest(fs, ft), 1):
+                if s is None or t is None:
+                    longer = ft if s is None else fs
+                    total = n + sum(1 for _ in longer)
+                    counts = (n - 1, total) if s is None else (total, n - 1)
+                    raise DataError(
+                        f"parallel files differ in length: {src_path} has {counts[0]} lines but {tgt_path} "
+                        f"has {counts[1]}; each line of one must be the translation of the same line of the other")
+                yield _decode(s, src_path, n), _decode(t, tgt_path, n)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for path in self.paths:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            h.update(b"\0")
+        return h.hexdigest()
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _decode(line: bytes, path: Path, n: int) -> str:
+    try:
+        return line.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not valid UTF-8 at line {n} (byte {e.start}); re-encode it as UTF-8, "
+                        f"e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed.txt`") from e
+
+
 class ParallelCorpus(NamedTuple):
-    """Raw sentence pairs per split: ``splits[name] = (src_lines, tgt_lines)``."""
+    """Raw sentence pairs per split: ``splits[name] = (src_lines, tgt_lines)``. A large
+    source gives its training split as ``train_pairs`` (streamed) instead of ``splits["train"]``."""
 
     splits: Dict[str, Tuple[List[str], List[str]]]
     description: str
+    train_pairs: Optional[PairSource] = None
 
 
 Loader = Callable[[DataConfig, int], ParallelCorpus]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import sentencepiece as spm
 
@@ -45,8 +45,13 @@ class Tokenizer:
         return self.sp.decode(clean)
 
 
-def train_or_load(lines: Sequence[str], vocab_size: int, model_type: str, cache_dir: Path) -> Tokenizer:
-    """Return the joint model for ``lines`` (source and target training text), training it once."""
+def train_or_load(lines: Union[Sequence[str], Callable[[], Sequence[str]]], vocab_size: int, model_type: str,
+                  cache_dir: Path, identity: Optional[str] = None) -> Tokenizer:
+    """Return the joint model for ``lines`` (source and target training text), training it once.
+
+    The cache key hashes the lines themselves, or, when ``identity`` names them (a large
+    corpus's fingerprint), that string; then ``lines`` may be a function that produces them only
+    if the model has to be trained."""
     options = dict(vocab_size=vocab_size, model_type=model_type, character_coverage=1.0,
                    pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, hard_vocab_limit=False,
                    input_sentence_size=2_000_000, shuffle_input_sentence=True, num_threads=1,
@@ -54,12 +59,17 @@ def train_or_load(lines: Sequence[str], vocab_size: int, model_type: str, cache_
     h = hashlib.sha256()
     h.update(repr(sorted(options.items())).encode())
     h.update(spm.__version__.encode())
-    for line in lines:
-        h.update(line.encode("utf-8"))
-        h.update(b"\n")
+    if identity is not None:
+        h.update(b"identity\0" + identity.encode("utf-8"))
+    else:
+        for line in lines:
+            h.update(line.encode("utf-8"))
+            h.update(b"\n")
     path = Path(cache_dir) / "spm" / f"{model_type}{vocab_size}-{h.hexdigest()[:16]}.model"
     if path.is_file():
         return Tokenizer(path.read_bytes())
+    if callable(lines):
+        lines = lines()
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf,
                                    minloglevel=2, **options)
