@@ -131,6 +131,8 @@ def test_report_all_writes_every_table(swept, tmp_path):
     text = out.read_text()
     for n in range(1, 7):
         assert f"### Table {n}:" in text
+    assert "## The paper's claims at this scale" in text and "(fewer than 2 seeds)" in text  # seed 1 only
+    assert len(json.loads((tmp_path / "claims.json").read_text())["claims"]) == 9
     for name in ("table2", "table4", "table5", "table6"):
         assert (tmp_path / "curves" / f"{name}.png").is_file() and f"curves/{name}.png" in text
         assert (tmp_path / f"{name}.csv").read_text().startswith("row,label,paper")

@@ -1,0 +1,264 @@
+"""The paper's claims as comparisons between rows, each with a verdict that follows from the numbers.
+
+Every claim compares two rows on the paper's metric, final validation accuracy (mean over
+seeds): ``Δ = mean(row) − mean(versus)``, with a 95% Welch confidence interval (seeds are the
+samples; at least 2 per row). Two kinds:
+
+* ``better``: the paper reports ``row`` above ``versus``. **reproduced** when the interval lies
+  above 0, **not reproduced** when it lies below 0, **inconclusive** when it contains 0.
+* ``par``: the paper reports ``row`` within a fraction of a point of ``versus`` (its Table 2).
+  **reproduced** when the interval lies inside ``±PAR_MARGIN`` points, **not reproduced** when it
+  lies entirely outside, **inconclusive** otherwise.
+
+The paired bootstrap of test BLEU between the two rows is reported beside it (secondary: the
+verdict uses the paper's metric). The learning-curve claim (Fig. 5: a power law describes the
+curve) is judged on our best row's mean curve by AIC: **reproduced** when the power law's AIC
+is lower by more than 2, **not reproduced** when the exponential's is, else inconclusive.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .tables import PAPER_ROWS, Table
+
+PAR_MARGIN = 0.5  # validation-accuracy points within which two rows count as "on par"
+AIC_MARGIN = 2.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    text: str  # the claim, in one line, with where the paper makes it
+    row: str
+    versus: str
+    kind: str = "better"  # better | par
+
+    @property
+    def paper_delta(self) -> float:
+        return PAPER_ROWS[self.row][1] - PAPER_ROWS[self.versus][1]
+
+
+CLAIMS: List[Claim] = [
+    Claim("agf_par", "AGF (no PE) is on par with vanilla (Table 2)", "agf", "vanilla", "par"),
+    Claim("agf_m_par", "AGF-M (no PE) is on par with vanilla (Table 2)", "agf_m", "vanilla", "par"),
+    Claim("pcmv_agf", "PCM-V improves AGF (Table 4)", "agf_pcmv", "agf"),
+    Claim("pcmv_agf_m", "PCM-V improves AGF-M (Table 4)", "agf_m_pcmv", "agf_m"),
+    Claim("agf_m_pcmv_vanilla", "AGF-M + PCM-V beats vanilla (Table 4)", "agf_m_pcmv", "vanilla"),
+    Claim("pcmv_exp_alibi", "PCM-V-Exp improves ALiBi-B-L (Table 5)", "alibi_bl_pcmv_exp", "alibi_bl"),
+    Claim("alibi_mul_pcmv", "multiplicative ALiBi-B-L-Mul + PCM-V beats additive ALiBi-B-L (Table 5)",
+          "alibi_bl_mul_pcmv", "alibi_bl"),
+    Claim("sco_pe_vanilla", "AGF-M + SCO + PE beats vanilla (Table 6)", "agf_m_sco_pe", "vanilla"),
+    Claim("sco_pcmv_pe", "adding PCM-V to AGF-M + SCO + PE improves it further (Table 6)",
+          "agf_m_sco_pcmv_pe", "agf_m_sco_pe"),
+]
+
+
+def welch_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Dict[str, Any]:
+    """Mean difference ``mean(a) − mean(b)`` with a Welch t interval (None where a side has n < 2)."""
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    out: Dict[str, Any] = {"diff": None, "ci_low": None, "ci_high": None, "n": [len(x), len(y)]}
+    if len(x) and len(y):
+        out["diff"] = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return out
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(vx + vy)
+    if se == 0:
+        out["ci_low"] = out["ci_high"] = out["diff"]
+        return out
+    dof = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
+    out.update(ci_low=out["diff"] - half, ci_high=out["diff"] + half)
+    return out
+
+
+def verdict(kind: str, ci_low: Optional[float], ci_high: Optional[float], margin: float = PAR_MARGIN) -> str:
+    if ci_low is None or ci_high is None:
+        return "inconclusive (fewer than 2 seeds)"
+    if kind == "better":
+        if ci_low > 0:
+            return "reproduced"
+        return "not reproduced" if ci_high < 0 else "inconclusive"
+    if kind == "par":
+        if -margin <= ci_low and ci_high <= margin:
+            return "reproduced"
+        return "not reproduced" if ci_low > margin or ci_high < -margin else "inconclusive"
+    raise ValueError(f"unknown claim kind {kind!r}")
+
+
+def curve_verdict(aic_power: Optional[float], aic_exp: Optional[float], margin: float = AIC_MARGIN) -> str:
+    if aic_power is None or aic_exp is None or not (math.isfinite(aic_power) and math.isfinite(aic_exp)):
+        return "inconclusive (no fit)"
+    if aic_power < aic_exp - margin:
+        return "reproduced"
+    return "not reproduced" if aic_exp < aic_power - margin else "inconclusive"
+
+
+def evaluate_claims(runs: List[Any], experiment: Optional[str] = None, n_bootstrap: int = 1000) -> Dict[str, Any]:
+    """Every claim's numbers and verdict from the finished runs (``report.Run`` objects)."""
+    from . import report
+
+    rows = sorted({c.row for c in CLAIMS} | {c.versus for c in CLAIMS})
+    experiment = report._pick_experiment(runs, rows, experiment)
+    by_row, _, _ = report.select_runs(Table("claims", "", rows), runs, experiment)
+    acc = {row: [r.summary["final"]["val_acc"] for r in rs if r.summary["final"].get("val_acc") is not None]
+           for row, rs in by_row.items()}
+    results = []
+    for claim in CLAIMS:
+        ci = welch_ci(acc[claim.row], acc[claim.versus])
+        entry = {"key": claim.key, "text": claim.text, "row": claim.row, "versus": claim.versus, "kind": claim.kind,
+                 "paper_delta": claim.paper_delta, **ci, "bootstrap": None,
+                 "verdict": verdict(claim.kind, ci["ci_low"], ci["ci_high"])}
+        if not acc[claim.row] or not acc[claim.versus]:
+            entry["verdict"] = "no runs yet"
+        a, b = report._test_statistics(by_row[claim.row]), report._test_statistics(by_row[claim.versus])
+        if a and b and a[0].shape[0] == b[0].shape[0]:
+            entry["bootstrap"] = report.paired_bootstrap(a, b, n_samples=n_bootstrap)
+        results.append(entry)
+    return {"experiment": experiment, "claims": results, "curve": curve_claim(by_row),
+            "attention": attention_evidence(by_row), "par_margin": PAR_MARGIN}
+
+
+def curve_claim(by_row: Dict[str, List[Any]]) -> Dict[str, Any]:
+    """Fig. 5: power law vs exponential on the mean per-epoch curve of our best row."""
+    from .analysis.curves import fit_learning_curve
+
+    best, best_acc = None, -math.inf
+    for row, rs in by_row.items():
+        values = [r.summary["final"]["val_acc"] for r in rs if r.summary["final"].get("val_acc") is not None]
+        if values and np.mean(values) > best_acc:
+            best, best_acc = row, float(np.mean(values))
+    out: Dict[str, Any] = {"row": best, "epochs": None, "fits": None, "verdict": "no runs yet"}
+    if best is None:
+        return out
+    curves = [{m["epoch"]: m["val_acc"] for m in r.metrics if float(m.get("epoch_fraction", m["epoch"])).is_integer()}
+              for r in by_row[best]]
+    epochs = sorted(set.intersection(*(set(c) for c in curves)) - {0}) if curves else []
+    out["epochs"] = epochs
+    if len(epochs) < 5:
+        out["verdict"] = "inconclusive (fewer than 5 epochs)"
+        return out
+    mean = [float(np.mean([c[e] for c in curves])) for e in epochs]
+    fits = fit_learning_curve(epochs, mean)
+    out["mean_curve"] = mean
+    out["fits"] = {form: {"ceiling": f.ceiling, "ceiling_ci": list(f.ceiling_ci), "r2": f.r2, "aic": f.aic}
+                   for form, f in fits.items()}
+    out["verdict"] = curve_verdict(fits["power"].aic, fits["exponential"].aic)
+    return out
+
+
+ANALYSED_ROWS = ("vanilla", "agf_m", "agf_m_pcmv")  # the models whose attention the report describes
+
+
+def _analysis(run: Any, name: str) -> Optional[Dict[str, Any]]:
+    import json
+    from pathlib import Path
+
+    path = Path(run.path) / "analysis" / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def attention_evidence(by_row: Dict[str, List[Any]]) -> Dict[str, Any]:
+    """Decay fits (``analyze decay``) and head scores (``analyze heads``) of the analysed rows, read
+    from ``<run>/analysis/{decay,heads}.json`` of their finished runs, and the verdict on §6's claim
+    that attention decays with distance as a power law rather than exponentially: over all
+    (model, module, head, side) profiles, the share where the power law predicts the far half
+    better, with a two-sided binomial test against 1/2 (**reproduced** when the share is above 1/2
+    at p < 0.05, **not reproduced** when below, else inconclusive)."""
+    from scipy import stats
+
+    models, n_power, n_total = [], 0, 0
+    for row in ANALYSED_ROWS:
+        for run in by_row.get(row, []):
+            decay, heads = _analysis(run, "decay"), _analysis(run, "heads")
+            if decay is None and heads is None:
+                continue
+            entry: Dict[str, Any] = {"row": row, "seed": run.seed, "run": run.path}
+            if decay is not None:
+                fits = decay["fits"]
+                power = sum(f["better"] == "power" for f in fits)
+                n_power, n_total = n_power + power, n_total + len(fits)
+                entry["decay"] = {"profiles": len(fits), "power_better": power,
+                                  "median_r2_power": float(np.median([f["power"]["r2"] for f in fits])) if fits else None,
+                                  "median_r2_exponential": float(np.median([f["exponential"]["r2"] for f in fits]))
+                                  if fits else None}
+            if heads is not None:
+                by_type: Dict[str, Dict[str, Any]] = {}
+                for h in heads["heads"]:
+                    t = by_type.setdefault(h["attn_type"], {"heads": 0, "positional": 0, "symbolic": 0, "mixed": 0,
+                                                            "eta_pos": [], "eta_sym": []})
+                    t["heads"] += 1
+                    t[h["dominant"]] += 1
+                    t["eta_pos"].append(h["eta_pos"])
+                    t["eta_sym"].append(h["eta_sym"])
+                for t in by_type.values():
+                    t["eta_pos"], t["eta_sym"] = float(np.nanmean(t["eta_pos"])), float(np.nanmean(t["eta_sym"]))
+                entry["heads"] = by_type
+            models.append(entry)
+    out: Dict[str, Any] = {"models": models, "power_better": n_power, "profiles": n_total, "p": None}
+    if n_total == 0:
+        out["verdict"] = "no analysis yet (run `python -m agf_exp.analyze decay` on the runs)"
+        return out
+    out["p"] = float(stats.binomtest(n_power, n_total, 0.5).pvalue)
+    if out["p"] < 0.05:
+        out["verdict"] = "reproduced" if n_power > n_total / 2 else "not reproduced"
+    else:
+        out["verdict"] = "inconclusive"
+    return out
+
+
+def to_markdown(result: Dict[str, Any]) -> str:
+    def f(x, digits=2, sign=True):
+        return "–" if x is None else (f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}")
+
+    out = ["## The paper's claims at this scale", "",
+           f"Δ = final validation accuracy of the row minus the other (mean over seeds, 95% Welch interval); "
+           f"\"on par\" means within ±{result['par_margin']} points. ΔBLEU: paired bootstrap on the test set. "
+           "Verdict rules: `agf_exp/claims.py`.", "",
+           "| claim | rows | paper Δ | our Δ [95% CI] | seeds | ΔBLEU [95% CI], p | verdict |",
+           "|---|---|---|---|---|---|---|"]
+    for c in result["claims"]:
+        ci = "" if c["ci_low"] is None else f" [{f(c['ci_low'])}, {f(c['ci_high'])}]"
+        bs = c["bootstrap"]
+        bleu = "–" if bs is None else f"{f(bs['diff'])} [{f(bs['ci_low'])}, {f(bs['ci_high'])}], p={bs['p']:.3f}"
+        out.append(f"| {c['text']} | `{c['row']}` − `{c['versus']}` | {c['paper_delta']:+.4f} | {f(c['diff'])}{ci} | "
+                   f"{c['n'][0]}+{c['n'][1]} | {bleu} | **{c['verdict']}** |")
+    cv = result["curve"]
+    out += ["", "Learning curve (Fig. 5: the paper fits a power law and reads off a ceiling): "]
+    if cv["fits"]:
+        p, e = cv["fits"]["power"], cv["fits"]["exponential"]
+        out[-1] += (f"on `{cv['row']}` (our best row, mean of its seeds, epochs {cv['epochs'][0]}–{cv['epochs'][-1]}) "
+                    f"the power law has ceiling {p['ceiling']:.2f}, R² {p['r2']:.4f}, AIC {p['aic']:.1f}; the "
+                    f"exponential ceiling {e['ceiling']:.2f}, R² {e['r2']:.4f}, AIC {e['aic']:.1f}: "
+                    f"**{cv['verdict']}** (power law better by AIC > {AIC_MARGIN:g}).")
+    else:
+        out[-1] += f"**{cv['verdict']}**."
+    att = result.get("attention") or {"models": [], "verdict": "no analysis yet"}
+    out += ["", "Attention decay (§6: power law rather than exponential; `analyze decay`, fitted on the near half "
+                "of the distances, judged on the far half): "]
+    if att.get("profiles"):
+        out[-1] += (f"the power law is better on {att['power_better']} of {att['profiles']} profiles "
+                    f"(binomial p = {att['p']:.2g}): **{att['verdict']}**.")
+    else:
+        out[-1] += f"**{att['verdict']}**."
+    if att["models"]:
+        out += ["", "| model | seed | decay: power better / profiles | median R² power / exp | "
+                    "heads positional / symbolic / mixed (enc, dec, cross) | mean η_pos / η_sym (enc, dec, cross) |",
+                "|---|---|---|---|---|---|"]
+        for m in att["models"]:
+            d, h = m.get("decay"), m.get("heads") or {}
+            decay = "–" if d is None else f"{d['power_better']} / {d['profiles']}"
+            r2 = "–" if d is None or d["median_r2_power"] is None else \
+                f"{d['median_r2_power']:.2f} / {d['median_r2_exponential']:.2f}"
+            kinds = ", ".join(f"{h[t]['positional']}/{h[t]['symbolic']}/{h[t]['mixed']}" if t in h else "–"
+                              for t in ("enc", "dec", "cross"))
+            etas = ", ".join(f"{h[t]['eta_pos']:.2f}/{h[t]['eta_sym']:.2f}" if t in h else "–"
+                             for t in ("enc", "dec", "cross"))
+            out.append(f"| `{m['row']}` | {m['seed']} | {decay} | {r2} | {kinds} | {etas} |")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,117 @@
+"""The paper's claims and their verdicts: the rules on constructed numbers, and the whole path from
+run results (fabricated Run records) to the Markdown the report prints."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agf_exp import claims
+from agf_exp.report import Run
+from agf_exp.tables import PAPER_ROWS
+
+FIG5 = [62.9851, 67.6618, 69.025, 69.7529, 70.1426, 70.4782, 70.6026, 70.7271, 70.7603, 70.9213]
+
+
+def _run(row: str, seed: int, final: float, curve=None, hyps=None, refs=None) -> Run:
+    curve = curve or [final - 5 + 5 * (1 - 0.5 ** e) for e in range(1, 11)]
+    metrics = [{"epoch": e, "epoch_fraction": float(e), "val_acc": v} for e, v in enumerate(curve, 1)]
+    files = {"test.beam": hyps, "test.ref": refs} if hyps else {}
+    summary = {"status": "complete", "final": {"val_acc": final},
+               "decoding": {"test/beam": {"bleu": 30.0}} if hyps else {}}
+    return Run(f"/runs/{row}/seed{seed}", {"seed": seed, "experiment": "small", "row": row}, summary, metrics, row, files)
+
+
+def test_paper_deltas_come_from_the_paper_values():
+    c = {c.key: c for c in claims.CLAIMS}
+    assert c["pcmv_agf_m"].paper_delta == pytest.approx(70.7582 - 70.4863)
+    assert c["sco_pcmv_pe"].paper_delta == pytest.approx(70.9213 - 70.8049)
+    assert all(cl.row in PAPER_ROWS and cl.versus in PAPER_ROWS for cl in claims.CLAIMS)
+    assert all(cl.paper_delta > 0 for cl in claims.CLAIMS if cl.kind == "better")
+
+
+@pytest.mark.parametrize("kind,low,high,expected", [
+    ("better", 0.1, 0.5, "reproduced"), ("better", -0.5, -0.1, "not reproduced"), ("better", -0.1, 0.3, "inconclusive"),
+    ("par", -0.3, 0.4, "reproduced"), ("par", 0.6, 1.2, "not reproduced"), ("par", -2.0, -0.7, "not reproduced"),
+    ("par", -0.2, 0.9, "inconclusive"), ("better", None, None, "inconclusive (fewer than 2 seeds)"),
+])
+def test_verdict_rules(kind, low, high, expected):
+    assert claims.verdict(kind, low, high) == expected
+
+
+def test_welch_interval_matches_scipy():
+    from scipy import stats
+
+    a, b = [70.1, 70.5, 70.3], [69.8, 69.9, 70.2, 69.7]
+    ci = claims.welch_ci(a, b)
+    t = stats.ttest_ind(a, b, equal_var=False)
+    low, high = t.confidence_interval(0.95)
+    assert ci["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((low, high))
+    assert claims.welch_ci([1.0], [2.0, 3.0])["ci_low"] is None
+
+
+def test_claims_from_runs_follow_the_numbers():
+    # agf_m_pcmv clearly above agf_m and vanilla; agf on par with vanilla; alibi rows identical
+    finals = {"vanilla": [60.0, 60.2, 60.1], "agf": [60.1, 59.9, 60.0], "agf_m": [59.0, 59.1, 58.9],
+              "agf_pcmv": [59.9, 60.3, 60.0], "agf_m_pcmv": [61.0, 61.2, 61.1], "alibi_bl": [60.0, 60.1, 60.2],
+              "alibi_bl_pcmv_exp": [60.0, 60.1, 60.2], "alibi_bl_mul_pcmv": [58.0, 58.1, 58.2]}
+    refs = ["a b c d e f", "g h i j k l"] * 10
+    runs = [_run(row, s, v, hyps=refs if row in ("agf_m_pcmv", "vanilla") else None, refs=refs)
+            for row, vals in finals.items() for s, v in enumerate(vals, 1)]
+    runs += [_run("agf_m_sco_pe", 1, 61.0)]  # one seed only
+    result = claims.evaluate_claims(runs, n_bootstrap=100)
+    got = {c["key"]: c for c in result["claims"]}
+    assert got["agf_par"]["verdict"] == "reproduced"
+    assert got["agf_m_par"]["verdict"] == "not reproduced"  # a full point below vanilla
+    assert got["pcmv_agf_m"]["verdict"] == "reproduced" and got["agf_m_pcmv_vanilla"]["verdict"] == "reproduced"
+    assert got["pcmv_exp_alibi"]["verdict"] == "inconclusive" and got["pcmv_exp_alibi"]["diff"] == pytest.approx(0)
+    assert got["alibi_mul_pcmv"]["verdict"] == "not reproduced"
+    assert got["sco_pe_vanilla"]["verdict"] == "inconclusive (fewer than 2 seeds)"
+    assert got["sco_pcmv_pe"]["verdict"] == "no runs yet"
+    assert got["agf_m_pcmv_vanilla"]["bootstrap"]["diff"] == pytest.approx(0)  # identical translations
+    assert result["curve"]["row"] == "agf_m_pcmv"
+    text = claims.to_markdown(result)
+    assert "| PCM-V improves AGF-M (Table 4) | `agf_m_pcmv` − `agf_m` | +0.2719 | +2.10 [" in text
+    assert text.count("**reproduced**") == 3
+
+
+def test_learning_curve_claim_on_the_papers_figure_5():
+    runs = [_run("agf_m_sco_pcmv_pe", s, FIG5[-1], curve=FIG5) for s in (1, 2)]
+    curve = claims.curve_claim({"agf_m_sco_pcmv_pe": runs})
+    assert curve["epochs"] == list(range(1, 11)) and curve["verdict"] == "reproduced"
+    assert curve["fits"]["power"]["ceiling"] == pytest.approx(71.53, abs=0.02)
+    assert claims.curve_verdict(-30.0, -31.0) == "inconclusive" and claims.curve_verdict(-20.0, -40.0) == "not reproduced"
+    short = claims.curve_claim({"vanilla": [_run("vanilla", 1, 60.0, curve=[50, 55, 58])]})
+    assert short["verdict"] == "inconclusive (fewer than 5 epochs)"
+
+
+def test_attention_evidence_reads_the_analysis_files(tmp_path):
+    import json
+
+    def fit(better):
+        return {"better": better, "power": {"r2": 0.8}, "exponential": {"r2": 0.5}}
+
+    runs = {}
+    for row, n_power in (("vanilla", 30), ("agf_m", 34), ("agf_m_pcmv", 33)):
+        run = _run(row, 1, 60.0)
+        run.path = str(tmp_path / row)
+        (tmp_path / row / "analysis").mkdir(parents=True)
+        (tmp_path / row / "analysis/decay.json").write_text(json.dumps(
+            {"fits": [fit("power")] * n_power + [fit("exponential")] * (36 - n_power)}))
+        heads = [{"attn_type": t, "dominant": d, "eta_pos": ep, "eta_sym": es}
+                 for t, d, ep, es in (("enc", "positional", 0.6, 0.1), ("enc", "mixed", 0.05, 0.05),
+                                      ("cross", "symbolic", 0.1, 0.5))]
+        (tmp_path / row / "analysis/heads.json").write_text(json.dumps({"heads": heads}))
+        runs[row] = [run]
+    ev = claims.attention_evidence(runs)
+    assert ev["power_better"] == 97 and ev["profiles"] == 108 and ev["verdict"] == "reproduced" and ev["p"] < 1e-6
+    enc = ev["models"][0]["heads"]["enc"]
+    assert (enc["heads"], enc["positional"], enc["mixed"]) == (2, 1, 1) and enc["eta_pos"] == pytest.approx(0.325)
+    text = claims.to_markdown({"claims": [], "curve": {"fits": None, "verdict": "no runs yet"}, "attention": ev,
+                               "par_margin": 0.5})
+    assert "better on 97 of 108 profiles" in text and "| `vanilla` | 1 | 30 / 36 | 0.80 / 0.50 | 1/0/1, –, 0/1/0 |" in text
+    half = claims.attention_evidence({"vanilla": runs["vanilla"][:1]})
+    assert half["verdict"] == "reproduced"
+    (tmp_path / "vanilla/analysis/decay.json").write_text(json.dumps({"fits": [fit("power")] * 18 + [fit("exponential")] * 18}))
+    assert claims.attention_evidence({"vanilla": runs["vanilla"]})["verdict"] == "inconclusive"
+    assert claims.attention_evidence({})["verdict"].startswith("no analysis yet")
