@@ -156,11 +156,12 @@ def curve_claim(by_row: Dict[str, List[Any]]) -> Dict[str, Any]:
 ANALYSED_ROWS = ("vanilla", "agf_m", "agf_m_pcmv")  # the models whose attention the report describes
 
 
-def _analysis(run: Any, name: str) -> Optional[Dict[str, Any]]:
+def _analysis(run_dir: str, name: str) -> Optional[Dict[str, Any]]:
+    """``<run_dir>/analysis/<name>.json`` as written by ``python -m agf_exp.analyze <name>``."""
     import json
     from pathlib import Path
 
-    path = Path(run.path) / "analysis" / f"{name}.json"
+    path = Path(run_dir) / "analysis" / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -176,7 +177,7 @@ def attention_evidence(by_row: Dict[str, List[Any]]) -> Dict[str, Any]:
     models, n_power, n_total = [], 0, 0
     for row in ANALYSED_ROWS:
         for run in by_row.get(row, []):
-            decay, heads = _analysis(run, "decay"), _analysis(run, "heads")
+            decay, heads = _analysis(run.path, "decay"), _analysis(run.path, "heads")
             if decay is None and heads is None:
                 continue
             entry: Dict[str, Any] = {"row": row, "seed": run.seed, "run": run.path}
@@ -262,3 +263,25 @@ def to_markdown(result: Dict[str, Any]) -> str:
                              for t in ("enc", "dec", "cross"))
             out.append(f"| `{m['row']}` | {m['seed']} | {decay} | {r2} | {kinds} | {etas} |")
     return "\n".join(out) + "\n"
+
+
+def analysis_appendix(result: Dict[str, Any]) -> str:
+    """The full per-head tables (``analyze heads`` and ``analyze decay``) of the first analysed
+    seed of each analysed row, rebuilt from the analysis files."""
+    from .analysis import decay, heads
+
+    shown, out = set(), []
+    for m in (result.get("attention") or {}).get("models", []):
+        if m["row"] in shown:
+            continue
+        shown.add(m["row"])
+        out += [f"### Attention of `{m['row']}` (seed {m['seed']})", ""]
+        h, d = _analysis(m["run"], "heads"), _analysis(m["run"], "decay")
+        if h is not None:
+            scores = [heads.HeadScores(**{k: v for k, v in x.items() if k != "dominant"}) for x in h["heads"]]
+            out += ["Positional vs symbolic heads (`analyze heads`):", "", heads.to_markdown(scores, pe=h.get("pe", False))]
+        if d is not None:
+            fits = [decay.DecayFit(**x) for x in d["fits"]]
+            out += ["Attention by distance (`analyze decay`):", "", decay.to_markdown(fits)]
+    return "\n".join(out) + ("\n" if out else "")
+

@@ -581,12 +581,12 @@ def write_all(runs: List[Run], out: Path, experiment: Optional[str], n_bootstrap
             png = plot_table_curves(result, runs, out_dir / "curves" / f"{name}.png")
             if png is not None:
                 parts += [f"![{name} learning curves](curves/{name}.png)", ""]
-    from .claims import evaluate_claims
+    from .claims import analysis_appendix, evaluate_claims
     from .claims import to_markdown as claims_markdown
 
     claims = evaluate_claims(runs, experiment, n_bootstrap)
     (out_dir / "claims.json").write_text(json.dumps(claims, indent=2) + "\n")
-    parts.append(claims_markdown(claims))
+    parts += [claims_markdown(claims), analysis_appendix(claims)]
     out.write_text("\n".join(parts))
     return out
 

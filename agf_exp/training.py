@@ -34,7 +34,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -516,6 +516,34 @@ def _without(config: Dict[str, Any], dotted_keys) -> Dict[str, Any]:
     return out
 
 
+def _added_at_default(done: Dict[str, Any], cfg: DictConfig, prefix: str = "") -> List[str]:
+    """Dotted keys that ``cfg`` has and the finished run's config ``done`` lacks, whose value is
+    their schema's default: options added to the code after the run finished, which do not
+    change what it computed (so the run still counts as complete)."""
+    import dataclasses
+
+    out: List[str] = []
+    schema = OmegaConf.get_type(cfg)
+    defaults = {}
+    if dataclasses.is_dataclass(schema):
+        for f in dataclasses.fields(schema):
+            if f.default is not dataclasses.MISSING:
+                defaults[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                defaults[f.name] = f.default_factory()
+    for key in cfg:
+        node = cfg._get_node(key)
+        if key not in done:
+            if key in defaults and not isinstance(node, DictConfig):
+                value = to_container(OmegaConf.create({"v": cfg[key]}))["v"]
+                default = getattr(defaults[key], "value", defaults[key])
+                if value == default:
+                    out.append(f"{prefix}{key}")
+        elif isinstance(node, DictConfig) and isinstance(done[key], dict):
+            out += _added_at_default(done[key], node, f"{prefix}{key}.")
+    return out
+
+
 def completed_summary(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
     """The summary of a finished run of this config in ``run_dir``, or None if it must (re)train.
     Raises :class:`ConfigError` when ``run_dir`` holds a finished run of a different config."""
@@ -529,8 +557,9 @@ def completed_summary(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]
     if summary.get("status") != "complete":
         return None
     done = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
-    changed = _diff(_without(done, _RESULT_NEUTRAL), _without(to_container(cfg), _RESULT_NEUTRAL))
-    if changed and not _diff(_without(done, _RESULT_NEUTRAL + _BUDGET), _without(to_container(cfg), _RESULT_NEUTRAL + _BUDGET)):
+    neutral = _RESULT_NEUTRAL + tuple(_added_at_default(done, cfg))
+    changed = _diff(_without(done, neutral), _without(to_container(cfg), neutral))
+    if changed and not _diff(_without(done, neutral + _BUDGET), _without(to_container(cfg), neutral + _BUDGET)):
         log.info("%s is complete but its budget changed (%s): continuing from last.pt", run_dir, "; ".join(changed))
         return None
     if changed:

@@ -126,6 +126,27 @@ def test_heads_cli_on_a_smoke_checkpoint(smoke_run):
     assert (run / "analysis/heads_heatmap.png").is_file() and (run / "analysis/heads_plane.png").is_file()
 
 
+def test_report_reads_the_analysis_files_of_a_run(smoke_run):
+    """The report's attention section and appendix, from the files the two CLIs above wrote."""
+    from agf_exp import claims, report
+
+    run = smoke_run
+    ckpt = f"ckpt={run / 'checkpoints/best.pt'}"
+    if not (run / "analysis/decay.json").is_file():  # written by the tests above unless run alone
+        assert analyze.main(["decay", ckpt, "max_distance=12", "min_count=5", "max_sentences=100"]) == 0
+    if not (run / "analysis/heads.json").is_file():
+        assert analyze.main(["heads", ckpt, "max_sentences=60", "n_perms=3", "min_count=5"]) == 0
+    record = report.load_run(run, report.row_signatures())
+    assert record.row == "agf_m"
+    evidence = claims.attention_evidence({"agf_m": [record]})
+    decay_fits = json.loads((run / "analysis/decay.json").read_text())["fits"]
+    n_cross = sum(h["attn_type"] == "cross" for h in json.loads((run / "analysis/heads.json").read_text())["heads"])
+    assert evidence["profiles"] == len(decay_fits) and evidence["models"][0]["heads"]["cross"]["heads"] == n_cross > 0
+    text = claims.analysis_appendix({"attention": evidence})
+    assert "### Attention of `agf_m` (seed 1)" in text and "| module | head | P (permutation)" in text
+    assert f"Power law better on the far half for {evidence['power_better']} of {len(decay_fits)}" in text
+
+
 def test_lengths_cli_marks_buckets_beyond_the_training_length(smoke_run):
     run = smoke_run
     assert analyze.main(["lengths", f"ckpt={run / 'checkpoints/best.pt'}", "split=test", "buckets=[12,24,36]",

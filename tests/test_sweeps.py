@@ -198,3 +198,23 @@ def test_finished_run_with_another_config_is_refused_and_longer_budget_continues
     assert again == first
     longer = train(make_cfg(*FAST, "row=agf_m", "trainer.max_epochs=2"), run)
     assert longer["epochs"] == 2 and len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_options_added_after_a_run_finished_do_not_make_it_a_different_run(tmp_path):
+    """A finished run's config.yaml lacks options added to the code later: at their default they
+    are no difference (the run is still complete); set to anything else they are."""
+    from omegaconf import OmegaConf
+
+    from agf_exp.config import to_container
+    from agf_exp.training import completed_summary
+
+    cfg = make_cfg("experiment=small", "row=agf_m")
+    old = to_container(cfg)
+    del old["trainer"]["save_every_steps"], old["data"]["verify_checksum"], old["sco"]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "complete", "steps": 7}))
+    assert completed_summary(cfg, tmp_path) == {"status": "complete", "steps": 7}
+    with pytest.raises(ConfigError, match=r"trainer.save_every_steps: None -> 100"):
+        completed_summary(make_cfg("experiment=small", "row=agf_m", "trainer.save_every_steps=100"), tmp_path)
+    with pytest.raises(ConfigError, match=r"sco: None -> True"):
+        completed_summary(make_cfg("experiment=small", "row=agf_m_sco_pe", "pe=false"), tmp_path)

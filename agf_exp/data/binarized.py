@@ -161,7 +161,8 @@ def build(pairs: PairSource, tokenizer: Tokenizer, out_dir: Path, *, workers: in
     start = time.perf_counter()
     try:
         files = {side: open(tmp / f"{side}.ids", "wb") for side in ("src", "tgt")}
-        bar = tqdm(total=pairs.count(), unit=" pairs", unit_scale=True, desc="binarise", disable=None if progress is None else not progress)
+        bar = tqdm(total=pairs.count(), unit=" pairs", unit_scale=True, desc="binarise",
+                   disable=None if progress is None else not progress)  # None: shown on a terminal
         try:
             for result in _ordered_map(partial(_encode_chunk, dtype=dtype), _chunks(pairs, CHUNK_PAIRS), workers,
                                        _init_worker, (tokenizer.model_proto,)):
