@@ -81,8 +81,10 @@ def test_learning_curve_claim_on_the_papers_figure_5():
     assert curve["epochs"] == list(range(1, 11)) and curve["verdict"] == "reproduced"
     assert curve["fits"]["power"]["ceiling"] == pytest.approx(71.53, abs=0.02)
     assert claims.curve_verdict(-30.0, -31.0) == "inconclusive" and claims.curve_verdict(-20.0, -40.0) == "not reproduced"
-    short = claims.curve_claim({"vanilla": [_run("vanilla", 1, 60.0, curve=[50, 55, 58])]})
+    short = claims.curve_claim({"vanilla": [_run("vanilla", s, 60.0, curve=[50, 55, 58]) for s in (1, 2)]})
     assert short["verdict"] == "inconclusive (fewer than 5 epochs)"
+    one_seed = claims.curve_claim({"vanilla": runs[:1]})
+    assert one_seed["row"] is None and one_seed["verdict"] == "inconclusive (no row with 2 finished seeds yet)"
 
 
 def test_attention_evidence_reads_the_analysis_files(tmp_path):
