@@ -39,7 +39,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .corpus import DataError, PairSource
+from .corpus import DataError, PairSource, expand
 from .tokenizer import BOS, EOS, Tokenizer, train_or_load
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def sampled_tokenizer(pairs: PairSource, fingerprint: str, cfg) -> Tokenizer:
         log.info("sentencepiece: training on %d sampled pairs of %s", len(sample), pairs.description)
         return [s for s, _ in sample] + [t for _, t in sample]
 
-    return train_or_load(lines, cfg.vocab_size, cfg.subword_model.value, _cache_dir(cfg),
+    return train_or_load(lines, cfg.vocab_size, cfg.subword_model.value, expand(cfg.cache_dir),
                          identity=f"sample {cfg.spm_sample} of {fingerprint}")
 
 
@@ -199,15 +199,9 @@ def build(pairs: PairSource, tokenizer: Tokenizer, out_dir: Path, *, workers: in
     return out_dir
 
 
-def _cache_dir(cfg) -> Path:
-    from .corpus import expand
-
-    return expand(cfg.cache_dir)
-
-
 def cache_path(cfg, fingerprint: str, tokenizer: Tokenizer) -> Path:
     key = hashlib.sha256(f"{fingerprint}\0".encode() + tokenizer.model_proto).hexdigest()[:20]
-    return _cache_dir(cfg) / "bin" / key
+    return expand(cfg.cache_dir) / "bin" / key
 
 
 def prepare(cfg, pairs: PairSource) -> Tuple[Tokenizer, "BinarizedExamples"]:
