@@ -297,7 +297,8 @@ def report_table(name: str, runs: List[Run], experiment: Optional[str] = None, n
     experiment = _pick_experiment(runs, spec.rows, experiment)
     by_row, unfinished, duplicates = select_runs(spec, runs, experiment)
     if spec.name == "table1":
-        return setup_table(spec, by_row, unfinished, experiment)
+        finished = [r for r in runs if r.complete and (experiment is None or r.experiment == experiment)]
+        return setup_table(spec, by_row, unfinished, experiment, finished)
     seeds = sorted({r.seed for rs in by_row.values() for r in rs}, key=str)
     base_runs = by_row.get(spec.baseline, [])
     base_acc = mean_ci([r.summary["final"].get("val_acc") for r in base_runs])["mean"] if base_runs else None
@@ -345,8 +346,30 @@ def _test_statistics(runs: List[Run]) -> List[np.ndarray]:
     return out
 
 
-def setup_table(spec: Table, by_row: Dict[str, List[Run]], unfinished: List[Run], experiment) -> Dict[str, Any]:
-    """Table 1: what the runs recorded, beside the paper's setup."""
+def _dataset(config: Dict[str, Any], summary: Dict[str, Any]) -> str:
+    """The run's data description without this machine's data folder (it names ``data.root``)."""
+    desc, root = str(summary.get("data")), config.get("data", {}).get("root")
+    return desc.replace(str(root), "data.root") if root else desc
+
+
+def _hardware(runs: List[Run]) -> str:
+    """Device, CPU threads and platform over the finished runs, with run counts
+    where they differ (e.g. some runs on 2 threads, others 1 thread each, two at a time)."""
+    counts: Dict[str, int] = {}
+    for r in runs:
+        s = r.summary
+        threads = s.get("cpu_threads")
+        key = f"{s.get('device')}, {threads} CPU thread{'s' if threads != 1 else ''}; {s.get('platform')}"
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(f"{key} ({n} run{'s' if n != 1 else ''})" for key, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def setup_table(spec: Table, by_row: Dict[str, List[Run]], unfinished: List[Run], experiment,
+                finished: List[Run]) -> Dict[str, Any]:
+    """Table 1: what the vanilla runs recorded, beside the paper's setup; the hardware over all
+    ``finished`` runs of the experiment."""
     rs = by_row.get("vanilla", [])
     items = []
     if rs:
@@ -357,10 +380,10 @@ def setup_table(spec: Table, by_row: Dict[str, List[Run]], unfinished: List[Run]
         ours = {
             "Base architecture": f"Transformer ({m['name']}: d_model {m['d_model']}, {m['n_heads']} heads, "
                                  f"FFN {m['d_ff']}, {m['norm']}-norm)",
-            "Dataset": f"{s.get('data')} ({s.get('train_pairs')} training pairs)",
+            "Dataset": f"{_dataset(c, s)} ({s.get('train_pairs')} training pairs)",
             "Number of layers": f"{m['enc_layers']} encoder + {m['dec_layers']} decoder",
             "Precision": f"trainer.precision={c['trainer']['precision']} (autocast {s.get('autocast')})",
-            "Hardware": f"{s.get('device')}, {s.get('cpu_threads')} CPU threads; {s.get('platform')}",
+            "Hardware": _hardware(finished),
             "Training duration": (f"{wall['mean'] / 3600:.2f} h wall per run ({train_s['mean'] / 60:.1f} min training, "
                                   f"n={wall['n']}, {s.get('epochs')} epochs)" if wall["mean"] else "not recorded"),
         }

@@ -92,6 +92,24 @@ def test_several_experiments_need_a_choice(tmp_path):
     assert "agf: no finished run" in result["missing"]
 
 
+def test_table1_hides_the_data_folder_and_counts_mixed_hardware():
+    def fake(row, seed, threads):
+        config = {"row": row, "seed": seed, "experiment": "small", "data": {"root": "/home/me/multi30k"},
+                  "model": {"name": "small", "d_model": 256, "n_heads": 4, "d_ff": 1024, "norm": "pre",
+                            "enc_layers": 3, "dec_layers": 3}, "trainer": {"precision": "auto"}}
+        summary = {"status": "complete", "final": {"val_acc": 50.0}, "decoding": {}, "device": "cpu",
+                   "cpu_threads": threads, "platform": "Linux", "train_pairs": 29000,
+                   "data": "multi30k task1 en-de (/home/me/multi30k)"}
+        return report.Run(f"{row}/{seed}", config, summary, [], row)
+
+    runs = [fake("vanilla", 1, 2), fake("vanilla", 2, 1), fake("agf", 1, 1)]
+    ours = {i["item"]: i["ours"] for i in report.report_table("table1", runs)["setup"]}
+    assert ours["Dataset"] == "multi30k task1 en-de (data.root) (29000 training pairs)"
+    assert ours["Hardware"] == "cpu, 1 CPU thread; Linux (2 runs); cpu, 2 CPU threads; Linux (1 run)"
+    ours = {i["item"]: i["ours"] for i in report.report_table("table1", runs[:1])["setup"]}
+    assert ours["Hardware"] == "cpu, 2 CPU threads; Linux"
+
+
 def test_unknown_table_and_missing_runs_dir_are_clear_errors(tmp_path, capsys):
     assert report.main(["table9"]) == 2
     assert "unknown table 'table9'" in capsys.readouterr().err
