@@ -87,6 +87,22 @@ def test_learning_curve_claim_on_the_papers_figure_5():
     assert one_seed["row"] is None and one_seed["verdict"] == "inconclusive (no row with 2 finished seeds yet)"
 
 
+def test_every_row_gets_its_learning_curve_fit():
+    fig5 = [_run("agf_m_sco_pcmv_pe", s, FIG5[-1], curve=FIG5) for s in (1, 2)]
+    lower = [_run("vanilla", 1, FIG5[-1] - 2, curve=[v - 2 for v in FIG5])]
+    short = [_run("agf", 1, 58.0, curve=[50, 55, 58])]
+    curve = claims.curve_claim({"agf_m_sco_pcmv_pe": fig5, "vanilla": lower, "agf": short})
+    rows = {r["row"]: r for r in curve["rows"]}
+    assert set(rows) == {"agf_m_sco_pcmv_pe", "vanilla"}  # 3 epochs are too few to fit
+    assert rows["vanilla"]["n"] == 1 and rows["agf_m_sco_pcmv_pe"]["n"] == 2
+    assert rows["agf_m_sco_pcmv_pe"]["fits"] == curve["fits"]  # the claim's row is the same fit
+    # shifting the curve by -2 shifts the ceiling by -2 and leaves the fit quality alone
+    assert rows["vanilla"]["fits"]["power"]["ceiling"] == pytest.approx(curve["fits"]["power"]["ceiling"] - 2, abs=1e-3)
+    assert rows["vanilla"]["fits"]["power"]["aic"] == pytest.approx(curve["fits"]["power"]["aic"], abs=1e-2)
+    text = claims.to_markdown({"claims": [], "curve": curve, "attention": None, "par_margin": 0.5})
+    assert "| `vanilla` | 1 | 1–10 | 68.92 | 69.53 [69.41, 69.65] | 0.9998 | 68.67 |" in text
+
+
 def test_attention_evidence_reads_the_analysis_files(tmp_path):
     import json
 
