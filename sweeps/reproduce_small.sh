@@ -4,30 +4,73 @@
 # AGF-M + PCM-V, the finished runs' small files exported, and REPORT.md regenerated from them.
 #
 #   MULTI30K_ROOT=/path/to/multi30k bash sweeps/reproduce_small.sh [seeds...]   # default: 1 2 3
+#   AGF_JOBS=30 MULTI30K_ROOT=... bash sweeps/reproduce_small.sh               # one GPU, 30 runs at once
 #
 # Tables 1 and 2 are subsets of table 4's rows and table 6 shares its vanilla row, so each row
-# is trained once per seed (the report takes a row's runs from whichever table dir holds them).
+# is trained once per seed (the report takes a row's runs from whichever table dir holds them):
+# 10 runs per seed, each `python run.py +table=<t> hydra.mode=RUN row=<r> seed=<s>` into the
+# same dir the table's multirun uses (outputs/sweeps/<table>/small/<row>/seed<s>).
 # Seed-major order, so partial results are balanced across rows. Resumable: finished runs are
-# skipped and interrupted ones continue from last.pt. Extra overrides via $AGF_OVERRIDES
-# (e.g. AGF_OVERRIDES="trainer.num_threads=1").
+# skipped and interrupted ones continue from last.pt.
+#   AGF_JOBS       runs at once (default 1). A small model leaves a GPU mostly idle, so one GPU
+#                  takes many at once; each run's output then goes to outputs/sweeps/logs/.
+#   AGF_OVERRIDES  extra overrides for every run (e.g. "trainer.num_threads=1" on a CPU,
+#                  "trainer.precision=fp32" on a GPU to match a CPU's arithmetic).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${MULTI30K_ROOT:?set MULTI30K_ROOT to the folder with the Multi30k .gz files}"
-export MULTI30K_ROOT
+export MULTI30K_ROOT AGF_OVERRIDES="${AGF_OVERRIDES:-}"
 seeds=("${@:-1 2 3}")
-read -r -a extra <<< "${AGF_OVERRIDES:-}"
-for seed in ${seeds[@]}; do
-    python run.py +table=table4 experiment=small seed="$seed" trainer.progress=false "${extra[@]}"
-    python run.py +table=table6 experiment=small seed="$seed" row=agf_m_sco_pe,agf_m_sco_pcmv_pe trainer.progress=false "${extra[@]}"
-    python run.py +table=table5 experiment=small seed="$seed" trainer.progress=false "${extra[@]}"
-    # attention analyses of the models the report describes (vanilla, AGF-M, AGF-M + PCM-V)
+jobs="${AGF_JOBS:-1}"
+logs=outputs/sweeps/logs
+mkdir -p "$logs"
+
+one_run() {  # table row seed
+    local extra
+    read -r -a extra <<< "$AGF_OVERRIDES"
+    if [ "$AGF_JOBS" = 1 ]; then
+        python run.py +table="$1" hydra.mode=RUN experiment=small row="$2" seed="$3" trainer.progress=false "${extra[@]}"
+    else
+        python run.py +table="$1" hydra.mode=RUN experiment=small row="$2" seed="$3" trainer.progress=false "${extra[@]}" \
+            > "outputs/sweeps/logs/$1-$2-seed$3.log" 2>&1 || { echo "FAILED: $1 $2 seed$3 (outputs/sweeps/logs/$1-$2-seed$3.log)"; return 1; }
+        echo "done: $1 $2 seed$3"
+    fi
+}
+analyses() {  # seed: the attention analyses of the models the report describes
+    local row run
     for row in vanilla agf_m agf_m_pcmv; do
-        run="outputs/sweeps/table4/small/$row/seed$seed"
+        run="outputs/sweeps/table4/small/$row/seed$1"
         if [ -f "$run/summary.json" ] && [ ! -f "$run/analysis/heads.json" ]; then
             python -m agf_exp.analyze decay ckpt="$run/checkpoints/best.pt" data.root="$MULTI30K_ROOT" wandb=false
             python -m agf_exp.analyze heads ckpt="$run/checkpoints/best.pt" data.root="$MULTI30K_ROOT" wandb=false
         fi
     done
-    python -m agf_exp.report --export results/multi30k-small --runs outputs/sweeps --experiment small
+}
+export -f one_run
+export AGF_JOBS="$jobs"
+
+runs=()
+for seed in ${seeds[@]}; do
+    for row in vanilla agf agf_pcmv agf_m agf_m_pcmv; do runs+=("table4 $row $seed"); done
+    for row in agf_m_sco_pe agf_m_sco_pcmv_pe; do runs+=("table6 $row $seed"); done
+    for row in alibi_bl alibi_bl_pcmv_exp alibi_bl_mul_pcmv; do runs+=("table5 $row $seed"); done
 done
+
+status=0
+if [ "$jobs" = 1 ]; then  # one at a time: each seed analysed and exported as soon as it is done
+    for seed in ${seeds[@]}; do
+        for r in "${runs[@]}"; do
+            read -r t row s <<< "$r"
+            [ "$s" = "$seed" ] && one_run "$t" "$row" "$s"
+        done
+        analyses "$seed"
+        python -m agf_exp.report --export results/multi30k-small --runs outputs/sweeps --experiment small
+    done
+else
+    printf '%s\n' "${runs[@]}" | xargs -P "$jobs" -L 1 bash -c 'one_run "$0" "$1" "$2"' || status=$?
+    for seed in ${seeds[@]}; do analyses "$seed" & done
+    wait
+    python -m agf_exp.report --export results/multi30k-small --runs outputs/sweeps --experiment small
+fi
 python -m agf_exp.report --all --runs results/multi30k-small --experiment small --out results/multi30k-small/REPORT.md
+exit "$status"

@@ -10,7 +10,7 @@ import pytest
 
 from agf_exp.data import DataError, make_batches, prepare_data
 from agf_exp.data.batching import collate
-from agf_exp.data.corpus import read_lines, read_parallel
+from agf_exp.data.corpus import expand, read_lines, read_parallel
 from agf_exp.data.files import FilesDataConfig
 from agf_exp.data.multi30k import SHA256, Multi30kConfig, download, load_multi30k
 from agf_exp.data.synthetic import Grammar, SyntheticDataConfig, load_synthetic
@@ -228,3 +228,18 @@ def test_multi30k_split_sizes(multi30k_root):
     sizes = {k: len(v[0]) for k, v in corpus.splits.items()}
     assert sizes == {"train": 29000, "valid": 1014, "test": 1000}
     assert corpus.splits["train"][0][0].startswith("Two young, White males")
+
+
+def test_cache_dir_of_a_config_built_in_python_is_resolved(tmp_path, monkeypatch):
+    """A dataclass built in Python keeps cache_dir's `${oc.env:AGF_CACHE_DIR,...}` default raw:
+    expand() resolves it instead of making a folder named after the interpolation."""
+    raw = Multi30kConfig().cache_dir
+    assert raw.startswith("${oc.env:AGF_CACHE_DIR")
+    monkeypatch.setenv("AGF_CACHE_DIR", str(tmp_path / "cache"))
+    assert expand(raw) == tmp_path / "cache"
+    monkeypatch.delenv("AGF_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert expand(raw) == tmp_path / ".cache" / "agf_exp"
+    assert expand("~/x/$AGF_TEST_VAR") == tmp_path / "x" / "$AGF_TEST_VAR"
+    monkeypatch.setenv("AGF_TEST_VAR", "y")
+    assert expand("~/x/$AGF_TEST_VAR") == tmp_path / "x" / "y"

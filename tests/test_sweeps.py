@@ -218,3 +218,36 @@ def test_options_added_after_a_run_finished_do_not_make_it_a_different_run(tmp_p
         completed_summary(make_cfg("experiment=small", "row=agf_m", "trainer.save_every_steps=100"), tmp_path)
     with pytest.raises(ConfigError, match=r"sco: None -> True"):
         completed_summary(make_cfg("experiment=small", "row=agf_m_sco_pe", "pe=false"), tmp_path)
+
+
+@pytest.mark.parametrize("jobs", ["1", "3"])
+def test_reproduce_script_trains_every_row_once_per_seed(tmp_path, jobs):
+    """sweeps/reproduce_small.sh, run with a stand-in `python` that records its arguments: every
+    row of every table is trained exactly once per seed, in a dir its table's sweep uses; one
+    failed run (parallel mode) does not stop the others but fails the script."""
+    shutil.copytree(ROOT / "sweeps", tmp_path / "sweeps")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    (bin_dir / "python").write_text(
+        '#!/bin/sh\necho "$*" >> "$CALLS"\n'
+        'case "$*" in *"row=$FAIL_ROW seed=2 "*) exit 1;; esac\n')
+    (bin_dir / "python").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "MULTI30K_ROOT": str(tmp_path), "CALLS": str(calls),
+           "AGF_JOBS": jobs, "AGF_OVERRIDES": "trainer.num_threads=1",
+           "FAIL_ROW": "agf_m_sco_pe" if jobs != "1" else "none"}
+    proc = subprocess.run(["bash", "sweeps/reproduce_small.sh", "1", "2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert (proc.returncode != 0) == (jobs != "1"), proc.stderr
+    lines = calls.read_text().splitlines()
+    trained = [dict(a.split("=", 1) for a in line.split()[1:] if "=" in a)
+               for line in lines if line.startswith("run.py")]
+    assert all(t["hydra.mode"] == "RUN" and t["experiment"] == "small" and t["trainer.num_threads"] == "1"
+               for t in trained)
+    done = [(t["row"], t["seed"]) for t in trained]
+    every_row = {row for table in TABLES.values() for row in table.rows}
+    assert sorted(done) == sorted((row, seed) for row in every_row for seed in "12")
+    for t in trained:  # the run lands in the dir of a table that has the row
+        assert t["row"] in TABLES[t["+table"]].rows
+    assert lines[-1].startswith("-m agf_exp.report --all --runs results/multi30k-small")
+    assert sum(line.startswith("-m agf_exp.report --export") for line in lines) == (2 if jobs == "1" else 1)

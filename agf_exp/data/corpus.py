@@ -182,4 +182,12 @@ def read_parallel(src_path: Path, tgt_path: Path) -> Tuple[List[str], List[str]]
 
 
 def expand(path: str) -> Path:
-    return Path(os.path.expanduser(os.path.expandvars(str(path))))
+    """A config path as a Path: ``~`` and ``$VARS`` expanded, and an OmegaConf interpolation
+    resolved, as in a dataclass built in Python rather than by Hydra (``Multi30kConfig()``
+    keeps ``cache_dir``'s default ``${oc.env:AGF_CACHE_DIR,...}`` unresolved)."""
+    path = str(path)
+    if "${" in path:
+        from omegaconf import OmegaConf
+
+        path = str(OmegaConf.create({"path": path}).path)
+    return Path(os.path.expanduser(os.path.expandvars(path)))
