@@ -255,7 +255,8 @@ def to_markdown(result: Dict[str, Any]) -> str:
         out[-1] += (f"on `{cv['row']}` (our best row, mean of its seeds, epochs {cv['epochs'][0]}–{cv['epochs'][-1]}) "
                     f"the power law has ceiling {p['ceiling']:.2f}, R² {p['r2']:.4f}, AIC {p['aic']:.1f}; the "
                     f"exponential ceiling {e['ceiling']:.2f}, R² {e['r2']:.4f}, AIC {e['aic']:.1f}: "
-                    f"**{cv['verdict']}** (power law better by AIC > {AIC_MARGIN:g}).")
+                    f"**{cv['verdict']}** (rule: reproduced when the power law's AIC is lower by more than "
+                    f"{AIC_MARGIN:g}, not reproduced when the exponential's is, else inconclusive).")
     else:
         out[-1] += f"**{cv['verdict']}**."
     if cv.get("rows"):
