@@ -307,8 +307,9 @@ def report_table(name: str, runs: List[Run], experiment: Optional[str] = None, n
     for row in spec.rows:
         label, paper = PAPER_ROWS[row]
         rs = by_row[row]
-        missing += [f"{row} seed {s}" for s in seeds if s not in {r.seed for r in rs}]
-        if not rs:
+        if rs:
+            missing += [f"{row} seed {s}" for s in seeds if s not in {r.seed for r in rs}]
+        else:
             missing.append(f"{row}: no finished run")
         acc = mean_ci([r.summary["final"].get("val_acc") for r in rs])
         bleu = mean_ci([r.summary["decoding"][k]["bleu"] for r in rs if (k := _decode_key(r))])
