@@ -19,22 +19,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${MULTI30K_ROOT:?set MULTI30K_ROOT to the folder with the Multi30k .gz files}"
-export MULTI30K_ROOT AGF_OVERRIDES="${AGF_OVERRIDES:-}"
+export MULTI30K_ROOT AGF_OVERRIDES="${AGF_OVERRIDES:-}" AGF_JOBS="${AGF_JOBS:-1}"
 seeds=("${@:-1 2 3}")
-jobs="${AGF_JOBS:-1}"
-logs=outputs/sweeps/logs
-mkdir -p "$logs"
+# every row trained once per seed, as <table>:<row> (tables 1, 2 and 6's vanilla reuse table 4's)
+table_rows="table4:vanilla table4:agf table4:agf_pcmv table4:agf_m table4:agf_m_pcmv
+            table6:agf_m_sco_pe table6:agf_m_sco_pcmv_pe
+            table5:alibi_bl table5:alibi_bl_pcmv_exp table5:alibi_bl_mul_pcmv"
+mkdir -p outputs/sweeps/logs
 
 one_run() {  # table row seed
-    local extra
+    local extra cmd log="outputs/sweeps/logs/$1-$2-seed$3.log"
     read -r -a extra <<< "$AGF_OVERRIDES"
+    cmd=(python run.py +table="$1" hydra.mode=RUN experiment=small row="$2" seed="$3" trainer.progress=false "${extra[@]}")
     if [ "$AGF_JOBS" = 1 ]; then
-        python run.py +table="$1" hydra.mode=RUN experiment=small row="$2" seed="$3" trainer.progress=false "${extra[@]}"
-    else
-        python run.py +table="$1" hydra.mode=RUN experiment=small row="$2" seed="$3" trainer.progress=false "${extra[@]}" \
-            > "outputs/sweeps/logs/$1-$2-seed$3.log" 2>&1 || { echo "FAILED: $1 $2 seed$3 (outputs/sweeps/logs/$1-$2-seed$3.log)"; return 1; }
-        echo "done: $1 $2 seed$3"
+        "${cmd[@]}"
+        return
     fi
+    "${cmd[@]}" > "$log" 2>&1 || { echo "FAILED: $1 $2 seed$3 ($log)"; return 1; }
+    echo "done: $1 $2 seed$3"
 }
 analyses() {  # seed: the attention analyses of the models the report describes
     local row run
@@ -47,27 +49,18 @@ analyses() {  # seed: the attention analyses of the models the report describes
     done
 }
 export -f one_run
-export AGF_JOBS="$jobs"
-
-runs=()
-for seed in ${seeds[@]}; do
-    for row in vanilla agf agf_pcmv agf_m agf_m_pcmv; do runs+=("table4 $row $seed"); done
-    for row in agf_m_sco_pe agf_m_sco_pcmv_pe; do runs+=("table6 $row $seed"); done
-    for row in alibi_bl alibi_bl_pcmv_exp alibi_bl_mul_pcmv; do runs+=("table5 $row $seed"); done
-done
 
 status=0
-if [ "$jobs" = 1 ]; then  # one at a time: each seed analysed and exported as soon as it is done
+if [ "$AGF_JOBS" = 1 ]; then  # one at a time: each seed analysed and exported as soon as it is done
     for seed in ${seeds[@]}; do
-        for r in "${runs[@]}"; do
-            read -r t row s <<< "$r"
-            [ "$s" = "$seed" ] && one_run "$t" "$row" "$s"
-        done
+        for tr in $table_rows; do one_run "${tr%:*}" "${tr#*:}" "$seed"; done
         analyses "$seed"
         python -m agf_exp.report --export results/multi30k-small --runs outputs/sweeps --experiment small
     done
 else
-    printf '%s\n' "${runs[@]}" | xargs -P "$jobs" -L 1 bash -c 'one_run "$0" "$1" "$2"' || status=$?
+    for seed in ${seeds[@]}; do
+        for tr in $table_rows; do echo "${tr%:*} ${tr#*:} $seed"; done
+    done | xargs -P "$AGF_JOBS" -L 1 bash -c 'one_run "$0" "$1" "$2"' || status=$?
     for seed in ${seeds[@]}; do analyses "$seed" & done
     wait
     python -m agf_exp.report --export results/multi30k-small --runs outputs/sweeps --experiment small
