@@ -10,6 +10,9 @@ samples; at least 2 per row). Two kinds:
   **reproduced** when the interval lies inside ``±PAR_MARGIN`` points, **not reproduced** when it
   lies entirely outside, **inconclusive** otherwise.
 
+Runs whose subword segmentations differ (another sentencepiece version trains another model)
+have no common token-level metric, so such a pair gets **not comparable** instead of a verdict.
+
 The paired bootstrap of test BLEU between the two rows is reported beside it (secondary: the
 verdict uses the paper's metric). The learning-curve claim (Fig. 5: a power law describes the
 curve) is judged on the mean curve of our best row (among rows with at least 2 seeds) by AIC:
@@ -120,11 +123,15 @@ def evaluate_claims(runs: List[Any], experiment: Optional[str] = None, n_bootstr
                  "verdict": verdict(claim.kind, ci["ci_low"], ci["ci_high"])}
         if not acc[claim.row] or not acc[claim.versus]:
             entry["verdict"] = "no runs yet"
+        elif report._segmentation_warning(by_row[claim.row] + by_row[claim.versus]):
+            entry["verdict"] = "not comparable: mixed subword models"
         a, b = report._test_statistics(by_row[claim.row]), report._test_statistics(by_row[claim.versus])
         if a and b and a[0].shape[0] == b[0].shape[0]:
             entry["bootstrap"] = report.paired_bootstrap(a, b, n_samples=n_bootstrap)
         results.append(entry)
-    return {"experiment": experiment, "claims": results, "curve": curve_claim(by_row),
+    return {"experiment": experiment, "claims": results,
+            "warnings": report._segmentation_warning([r for rs in by_row.values() for r in rs]),
+            "curve": curve_claim(by_row),
             "attention": attention_evidence(by_row), "par_margin": PAR_MARGIN}
 
 
@@ -248,6 +255,8 @@ def to_markdown(result: Dict[str, Any]) -> str:
         bleu = "–" if bs is None else f"{f(bs['diff'])} [{f(bs['ci_low'])}, {f(bs['ci_high'])}], p={bs['p']:.3f}"
         out.append(f"| {c['text']} | `{c['row']}` − `{c['versus']}` | {c['paper_delta']:+.4f} | {f(c['diff'])}{ci} | "
                    f"{c['n'][0]}+{c['n'][1]} | {bleu} | **{c['verdict']}** |")
+    for warning in result.get("warnings", []):
+        out += ["", f"**Caution:** {warning}"]
     cv = result["curve"]
     out += ["", "Learning curve (Fig. 5: the paper fits a power law and reads off a ceiling): "]
     if cv["fits"]:

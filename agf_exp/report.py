@@ -326,7 +326,8 @@ def report_table(name: str, runs: List[Run], experiment: Optional[str] = None, n
                 entry["bootstrap"] = paired_bootstrap(stats, base_stats, n_samples=n_bootstrap)
         rows.append(entry)
     return {"table": spec.name, "title": spec.title, "experiment": experiment, "baseline": spec.baseline,
-            "rows": rows, "missing": missing, "unfinished": [r.path for r in unfinished],
+            "rows": rows, "warnings": _segmentation_warning([r for rs in by_row.values() for r in rs]),
+            "missing": missing, "unfinished": [r.path for r in unfinished],
             "duplicates_ignored": [r.path for r in duplicates]}
 
 
@@ -367,10 +368,41 @@ def _hardware(runs: List[Run]) -> str:
     return "; ".join(f"{key} ({n} run{'s' if n != 1 else ''})" for key, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def _segmentations(runs: List[Run]) -> Dict[str, int]:
+    """Runs per subword segmentation, keyed by the validation target-token count (the denominator
+    of val_acc, which any other subword model changes), named by the tokenizer where recorded."""
+    groups: Dict[Any, Dict[str, Any]] = {}
+    for r in runs:
+        tokens = r.summary.get("final", {}).get("val_tokens")
+        g = groups.setdefault(tokens, {"n": 0, "models": set()})
+        g["n"] += 1
+        tok = r.summary.get("tokenizer")
+        if tok:
+            g["models"].add(f"sentencepiece {tok.get('sentencepiece')} model {str(tok.get('sha256'))[:12]}")
+    out = {}
+    for tokens, g in groups.items():
+        name = f"{tokens} validation target tokens" if tokens is not None else "validation tokens not recorded"
+        if g["models"]:
+            name += " (" + ", ".join(sorted(g["models"])) + ")"
+        out[name] = g["n"]
+    return out
+
+
+def _segmentation_warning(runs: List[Run]) -> List[str]:
+    """A warning when the compared runs do not share one subword segmentation."""
+    groups = _segmentations(runs)
+    if len(groups) < 2:
+        return []
+    desc = "; ".join(f"{name}: {n} run{'s' if n != 1 else ''}" for name, n in groups.items())
+    return [f"These runs use {len(groups)} different subword segmentations ({desc}). Validation accuracy "
+            "is per target token, so it is not comparable across them; compare BLEU, or train every run "
+            "with one sentencepiece version (it keys the cached subword model)."]
+
+
 def setup_table(spec: Table, by_row: Dict[str, List[Run]], unfinished: List[Run], experiment,
                 finished: List[Run]) -> Dict[str, Any]:
-    """Table 1: what the vanilla runs recorded, beside the paper's setup; the hardware over all
-    ``finished`` runs of the experiment."""
+    """Table 1: what the vanilla runs recorded, beside the paper's setup; the hardware and the
+    subword segmentations over all ``finished`` runs of the experiment."""
     rs = by_row.get("vanilla", [])
     items = []
     if rs:
@@ -378,10 +410,13 @@ def setup_table(spec: Table, by_row: Dict[str, List[Run]], unfinished: List[Run]
         m = c["model"]
         wall = mean_ci([r.summary.get("wall_seconds") for r in rs])
         train_s = mean_ci([r.summary.get("train_seconds") for r in rs])
+        segs = _segmentations(finished)
+        subwords = "; ".join(f"{name}, {n} run{'s' if n != 1 else ''}" if len(segs) > 1 else name
+                             for name, n in segs.items())
         ours = {
             "Base architecture": f"Transformer ({m['name']}: d_model {m['d_model']}, {m['n_heads']} heads, "
                                  f"FFN {m['d_ff']}, {m['norm']}-norm)",
-            "Dataset": f"{_dataset(c, s)} ({s.get('train_pairs')} training pairs)",
+            "Dataset": f"{_dataset(c, s)} ({s.get('train_pairs')} training pairs; subwords: {subwords})",
             "Number of layers": f"{m['enc_layers']} encoder + {m['dec_layers']} decoder",
             "Precision": f"trainer.precision={c['trainer']['precision']} (autocast {s.get('autocast')})",
             "Hardware": _hardware(finished),
@@ -476,6 +511,8 @@ def to_markdown(result: Dict[str, Any]) -> str:
             out.append(f"| {label} | {r['paper']:.4f} | {_fmt(r['paper_diff'], 4, sign=True) if r['row'] != base else ''} | "
                        f"{_pm(r['val_acc'])} | {_ci(r['val_acc'])} | {r['val_acc']['n']} | "
                        f"{_fmt(r['diff'], 2, sign=True) if r['row'] != base else ''} | {_pm(r['test_bleu'])} | {bs_txt} |")
+    for warning in result.get("warnings", []):
+        out += ["", f"**Caution:** {warning}"]
     for key, title in (("missing", "Missing"), ("unfinished", "Unfinished (no summary.json)"),
                        ("duplicates_ignored", "Duplicate runs not used")):
         if result.get(key):

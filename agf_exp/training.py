@@ -643,6 +643,7 @@ def _finish(cfg: DictConfig, trainer: Trainer, params: Dict[str, int]) -> Dict[s
         "argv": sys.argv,
         "wandb_id": st.wandb_id,
         "vocab_size": trainer.data.tokenizer.vocab_size,
+        "tokenizer": trainer.data.tokenizer.identity(),
         "train_pairs": len(trainer.data.examples["train"]),
         "train_pairs_dropped": trainer.data.dropped_train,
     }

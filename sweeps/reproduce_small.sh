@@ -4,7 +4,7 @@
 # AGF-M + PCM-V, the finished runs' small files exported, and REPORT.md regenerated from them.
 #
 #   MULTI30K_ROOT=/path/to/multi30k bash sweeps/reproduce_small.sh [seeds...]   # default: 1 2 3
-#   AGF_JOBS=30 MULTI30K_ROOT=... bash sweeps/reproduce_small.sh               # one GPU, 30 runs at once
+#   AGF_JOBS=20 MULTI30K_ROOT=... bash sweeps/reproduce_small.sh               # one GPU, 20 runs at once
 #
 # Tables 1 and 2 are subsets of table 4's rows and table 6 shares its vanilla row, so each row
 # is trained once per seed (the report takes a row's runs from whichever table dir holds them):

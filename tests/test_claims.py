@@ -75,6 +75,18 @@ def test_claims_from_runs_follow_the_numbers():
     assert text.count("**reproduced**") == 3
 
 
+def test_a_pair_with_two_subword_segmentations_gets_no_verdict():
+    # same numbers as a clear "reproduced", but one agf_m_pcmv seed ran with another subword model
+    runs = [_run("agf_m_pcmv", s, 61.0 + s / 10) for s in (1, 2, 3)] + [_run("agf_m", s, 59.0 + s / 10) for s in (1, 2, 3)]
+    for r in runs:
+        r.summary["final"]["val_tokens"] = 17177
+    assert {c["key"]: c for c in claims.evaluate_claims(runs)["claims"]}["pcmv_agf_m"]["verdict"] == "reproduced"
+    runs[0].summary["final"]["val_tokens"] = 16350
+    result = claims.evaluate_claims(runs)
+    assert {c["key"]: c for c in result["claims"]}["pcmv_agf_m"]["verdict"] == "not comparable: mixed subword models"
+    assert "17177 validation target tokens: 5 runs; 16350 validation target tokens: 1 run" in claims.to_markdown(result)
+
+
 def test_learning_curve_claim_on_the_papers_figure_5():
     runs = [_run("agf_m_sco_pcmv_pe", s, FIG5[-1], curve=FIG5) for s in (1, 2)]
     curve = claims.curve_claim({"agf_m_sco_pcmv_pe": runs})

@@ -104,10 +104,32 @@ def test_table1_hides_the_data_folder_and_counts_mixed_hardware():
 
     runs = [fake("vanilla", 1, 2), fake("vanilla", 2, 1), fake("agf", 1, 1)]
     ours = {i["item"]: i["ours"] for i in report.report_table("table1", runs)["setup"]}
-    assert ours["Dataset"] == "multi30k task1 en-de (data.root) (29000 training pairs)"
+    assert ours["Dataset"] == ("multi30k task1 en-de (data.root) (29000 training pairs; subwords: validation "
+                               "tokens not recorded)")
     assert ours["Hardware"] == "cpu, 1 CPU thread; Linux (2 runs); cpu, 2 CPU threads; Linux (1 run)"
     ours = {i["item"]: i["ours"] for i in report.report_table("table1", runs[:1])["setup"]}
     assert ours["Hardware"] == "cpu, 2 CPU threads; Linux"
+
+
+def test_runs_with_different_subword_models_are_flagged(tmp_path):
+    def fake(row, seed, val_tokens, spm_version):
+        summary = {"status": "complete", "final": {"val_acc": 60.0, "val_tokens": val_tokens}, "decoding": {},
+                   "tokenizer": {"sha256": spm_version * 16, "sentencepiece": spm_version}}
+        config = {"row": row, "seed": seed, "experiment": "small", "data": {"root": None}, "trainer": {"precision": "fp32"},
+                  "model": {"name": "small", "d_model": 256, "n_heads": 4, "d_ff": 1024, "norm": "pre",
+                            "enc_layers": 3, "dec_layers": 3}}
+        return report.Run(f"{row}/{seed}", config, summary, [], row)
+
+    same = [fake("vanilla", 1, 17177, "0.2.3"), fake("agf", 1, 17177, "0.2.3")]
+    assert report.report_table("table2", same)["warnings"] == []
+    mixed = same + [fake("vanilla", 2, 16350, "0.2.1")]
+    result = report.report_table("table2", mixed)
+    assert len(result["warnings"]) == 1
+    assert ("17177 validation target tokens (sentencepiece 0.2.3 model 0.2.30.2.30.): 2 runs; 16350 validation "
+            "target tokens (sentencepiece 0.2.1 model 0.2.10.2.10.): 1 run") in result["warnings"][0]
+    assert "**Caution:** These runs use 2 different subword segmentations" in report.to_markdown(result)
+    ours = {i["item"]: i["ours"] for i in report.report_table("table1", mixed)["setup"]}
+    assert "subwords: 17177 validation target tokens (sentencepiece 0.2.3 model 0.2.30.2.30.), 2 runs; 16350" in ours["Dataset"]
 
 
 def test_unknown_table_and_missing_runs_dir_are_clear_errors(tmp_path, capsys):

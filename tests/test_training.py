@@ -50,6 +50,9 @@ def test_smoke_training_learns(smoke_run):
     assert len((run / "hyps/test.beam.txt").read_text().splitlines()) == 50
     for key in ("device", "torch", "python", "git_commit", "train_seconds", "wall_seconds"):
         assert key in summary
+    tok = summary["tokenizer"]  # names the exact subword model: token-level metrics depend on it
+    assert len(tok["sha256"]) == 64 and tok["vocab_size"] == summary["vocab_size"] and tok["sentencepiece"]
+    assert summary["final"]["val_tokens"] > 0
 
 
 def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):

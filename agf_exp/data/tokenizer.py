@@ -31,6 +31,13 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
 
+    def identity(self) -> dict:
+        """What names this exact subword model in a run's summary: its hash and the sentencepiece
+        version in use (the cache is keyed by that version: another version trains a different
+        model from the same text, so token-level metrics are not comparable across versions)."""
+        return {"sha256": hashlib.sha256(self.model_proto).hexdigest(), "vocab_size": self.vocab_size,
+                "sentencepiece": spm.__version__}
+
     def encode(self, lines: Sequence[str]) -> List[List[int]]:
         return self.sp.encode(list(lines), out_type=int)
 
