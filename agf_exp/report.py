@@ -625,6 +625,7 @@ def plot_table_curves(result: Dict[str, Any], runs: List[Run], path: Path) -> Op
 def write_all(runs: List[Run], out: Path, experiment: Optional[str], n_bootstrap: int) -> Path:
     """Every table into ``out`` (REPORT.md) with CSV/JSON and learning-curve plots beside it."""
     out_dir = out.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
     parts = ["# Reproduction of \"Attention's Gravitational Field\": all tables", "",
              "Written by `python -m agf_exp.report --all`. Paper values: SPEC.md / the paper "
              "(WMT17 en-de, Transformer-BIG 3+3 layers, FP16, OpenNMT-py validation accuracy).", ""]

@@ -167,3 +167,9 @@ def test_collect_wandb_reads_config_summary_and_translations(tmp_path):
     assert run.complete and run.row == "vanilla" and run.experiment == "small" and run.seed == 1
     assert run.files["test.greedy"] == refs and run.metrics[0]["val_acc"] == 61.0
     assert report.report_table("table2", [run])["rows"][0]["val_acc"]["mean"] == 61.0
+
+
+def test_all_tables_into_a_folder_that_does_not_exist_yet(tmp_path):
+    out = report.write_all([], tmp_path / "new" / "report" / "REPORT.md", None, n_bootstrap=10)
+    assert out.is_file() and (out.parent / "table3.json").is_file()
+    assert "Table 3" in out.read_text()
