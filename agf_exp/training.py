@@ -23,6 +23,7 @@ run reproduces the uninterrupted one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -234,6 +235,14 @@ class Trainer:
         if not (self.tcfg.resume and path.is_file()):
             return False
         ckpt = checkpoint.load(path, map_location=self.device)
+        if ckpt.get("tokenizer") not in (None, self.data.tokenizer.model_proto):
+            # another sentencepiece version (or data) gives other token ids: the weights would not fit
+            saved = self.ckpt_dir / "subwords.model"
+            if self.dist.main:
+                atomic_write_bytes(saved, ckpt["tokenizer"])
+            raise ConfigError(f"{path} was trained with another subword model than this run's data config "
+                              "gives (e.g. another sentencepiece version trained it); resume with that model: "
+                              f"data.subword_file={saved}")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -544,6 +553,21 @@ def _added_at_default(done: Dict[str, Any], cfg: DictConfig, prefix: str = "") -
     return out
 
 
+def _same_subwords(cfg: DictConfig, run_dir: Path, summary: Dict[str, Any]) -> tuple:
+    """("data.subword_file",) when ``cfg`` names a subword model file with exactly the model the
+    finished run in ``run_dir`` used (its summary's hash, else its last.pt's model): naming the
+    model it trained does not change the run."""
+    given = cfg.data.get("subword_file")
+    if not given or not Path(given).expanduser().is_file():
+        return ()
+    data = Path(given).expanduser().read_bytes()
+    recorded = (summary.get("tokenizer") or {}).get("sha256")
+    if recorded is None and (run_dir / "checkpoints" / "last.pt").is_file():
+        proto = checkpoint.load(run_dir / "checkpoints" / "last.pt", map_location="cpu").get("tokenizer")
+        recorded = hashlib.sha256(proto).hexdigest() if proto else None
+    return ("data.subword_file",) if recorded == hashlib.sha256(data).hexdigest() else ()
+
+
 def completed_summary(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
     """The summary of a finished run of this config in ``run_dir``, or None if it must (re)train.
     Raises :class:`ConfigError` when ``run_dir`` holds a finished run of a different config."""
@@ -557,7 +581,7 @@ def completed_summary(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]
     if summary.get("status") != "complete":
         return None
     done = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
-    neutral = _RESULT_NEUTRAL + tuple(_added_at_default(done, cfg))
+    neutral = _RESULT_NEUTRAL + tuple(_added_at_default(done, cfg)) + _same_subwords(cfg, run_dir, summary)
     changed = _diff(_without(done, neutral), _without(to_container(cfg), neutral))
     if changed and not _diff(_without(done, neutral + _BUDGET), _without(to_container(cfg), neutral + _BUDGET)):
         log.info("%s is complete but its budget changed (%s): continuing from last.pt", run_dir, "; ".join(changed))

@@ -10,7 +10,9 @@
 # is trained once per seed (the report takes a row's runs from whichever table dir holds them):
 # 10 runs per seed, each `python run.py +table=<t> hydra.mode=RUN row=<r> seed=<s>` into the
 # same dir the table's multirun uses (outputs/sweeps/<table>/small/<row>/seed<s>).
-# Seed-major order, so partial results are balanced across rows. Resumable: finished runs are
+# Every run uses the committed subword model (results/multi30k-small/unigram8000.model, trained
+# by sentencepiece 0.2.3 on Multi30k's training split), so runs on any machine and any
+# sentencepiece version share one segmentation. Seed-major order, so partial results are balanced across rows. Resumable: finished runs are
 # skipped and interrupted ones continue from last.pt.
 #   AGF_JOBS       runs at once (default 1). A small model leaves a GPU mostly idle, so one GPU
 #                  takes many at once; each run's output then goes to outputs/sweeps/logs/.
@@ -30,7 +32,8 @@ mkdir -p outputs/sweeps/logs
 one_run() {  # table row seed
     local extra cmd log="outputs/sweeps/logs/$1-$2-seed$3.log"
     read -r -a extra <<< "$AGF_OVERRIDES"
-    cmd=(python run.py +table="$1" hydra.mode=RUN experiment=small row="$2" seed="$3" trainer.progress=false "${extra[@]}")
+    cmd=(python run.py +table="$1" hydra.mode=RUN experiment=small row="$2" seed="$3" trainer.progress=false
+         data.subword_file="$PWD/results/multi30k-small/unigram8000.model" "${extra[@]}")
     if [ "$AGF_JOBS" = 1 ]; then
         "${cmd[@]}"
         return

@@ -243,3 +243,28 @@ def test_cache_dir_of_a_config_built_in_python_is_resolved(tmp_path, monkeypatch
     assert expand("~/x/$AGF_TEST_VAR") == tmp_path / "x" / "$AGF_TEST_VAR"
     monkeypatch.setenv("AGF_TEST_VAR", "y")
     assert expand("~/x/$AGF_TEST_VAR") == tmp_path / "x" / "y"
+
+
+def test_a_subword_file_replaces_training_one(tmp_path):
+    def cfg(**kw):
+        return SyntheticDataConfig(train_size=300, valid_size=20, test_size=20, max_len=18, **kw)
+
+    trained = prepare_data(cfg(cache_dir=str(tmp_path / "a")), seed=3)
+    model = tmp_path / "given.model"
+    model.write_bytes(trained.tokenizer.model_proto)
+    given = prepare_data(cfg(cache_dir=str(tmp_path / "b"), vocab_size=99, subword_file=str(model)), seed=3)
+    assert given.tokenizer.model_proto == trained.tokenizer.model_proto
+    assert given.examples == trained.examples
+    assert not (tmp_path / "b").exists()  # nothing trained, nothing cached
+
+    with pytest.raises(DataError, match="data.subword_file=.*does not exist"):
+        prepare_data(cfg(subword_file=str(tmp_path / "nowhere.model")), seed=3)
+    (tmp_path / "junk.model").write_bytes(b"not a model")
+    with pytest.raises(DataError, match="is not a sentencepiece model"):
+        prepare_data(cfg(subword_file=str(tmp_path / "junk.model")), seed=3)
+    import sentencepiece as spm  # sentencepiece's own default ids: unk 0, bos 1, eos 2, no pad
+    lines = [" ".join(s) for s in trained.raw["train"][0][:200]]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "plain"),
+                                   vocab_size=40, hard_vocab_limit=False, minloglevel=2)
+    with pytest.raises(DataError, match="special ids pad/unk/bos/eos = -1/0/1/2.*pad_id=0"):
+        prepare_data(cfg(subword_file=str(tmp_path / "plain.model")), seed=3)

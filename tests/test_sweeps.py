@@ -200,6 +200,30 @@ def test_finished_run_with_another_config_is_refused_and_longer_budget_continues
     assert longer["epochs"] == 2 and len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_naming_the_subword_model_a_finished_run_used_keeps_it_complete(tmp_path):
+    """reproduce_small.sh now passes data.subword_file; runs finished before (no such key) still
+    count as complete when the file is the model they recorded, and not when it is another."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    from agf_exp.config import to_container
+    from agf_exp.training import completed_summary
+
+    old = to_container(make_cfg("experiment=small", "row=agf_m"))
+    del old["data"]["subword_file"]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    model = tmp_path / "unigram8000.model"
+    model.write_bytes(b"the model bytes")
+    summary = {"status": "complete", "tokenizer": {"sha256": hashlib.sha256(b"the model bytes").hexdigest()}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    cfg = make_cfg("experiment=small", "row=agf_m", f"data.subword_file={model}")
+    assert completed_summary(cfg, tmp_path) == summary
+    model.write_bytes(b"another model")
+    with pytest.raises(ConfigError, match=r"data.subword_file: None -> "):
+        completed_summary(cfg, tmp_path)
+
+
 def test_options_added_after_a_run_finished_do_not_make_it_a_different_run(tmp_path):
     """A finished run's config.yaml lacks options added to the code later: at their default they
     are no difference (the run is still complete); set to anything else they are."""
@@ -243,6 +267,7 @@ def test_reproduce_script_trains_every_row_once_per_seed(tmp_path, jobs):
     trained = [dict(a.split("=", 1) for a in line.split()[1:] if "=" in a)
                for line in lines if line.startswith("run.py")]
     assert all(t["hydra.mode"] == "RUN" and t["experiment"] == "small" and t["trainer.num_threads"] == "1"
+               and t["data.subword_file"] == f"{tmp_path}/results/multi30k-small/unigram8000.model"
                for t in trained)
     done = [(t["row"], t["seed"]) for t in trained]
     every_row = {row for table in TABLES.values() for row in table.rows}
@@ -251,3 +276,16 @@ def test_reproduce_script_trains_every_row_once_per_seed(tmp_path, jobs):
         assert t["row"] in TABLES[t["+table"]].rows
     assert lines[-1].startswith("-m agf_exp.report --all --runs results/multi30k-small")
     assert sum(line.startswith("-m agf_exp.report --export") for line in lines) == (2 if jobs == "1" else 1)
+
+
+def test_committed_subword_model_is_the_one_the_committed_runs_used(multi30k_root):
+    """results/multi30k-small/unigram8000.model (what reproduce_small.sh passes as data.subword_file)
+    segments the validation targets into exactly the token count every committed run recorded."""
+    from agf_exp.data import prepare_data
+    from agf_exp.data.multi30k import Multi30kConfig
+
+    results = ROOT / "results" / "multi30k-small"
+    bundle = prepare_data(Multi30kConfig(root=str(multi30k_root), subword_file=str(results / "unigram8000.model")), 1)
+    val_tokens = sum(len(tgt) - 1 for _, tgt in bundle.examples["valid"])  # targets after BOS: subwords + EOS
+    recorded = {json.loads(p.read_text())["final"]["val_tokens"] for p in results.glob("*/small/*/seed*/summary.json")}
+    assert recorded == {val_tokens}

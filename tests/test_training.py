@@ -12,6 +12,7 @@ import torch
 
 import agf_exp.training as training
 from agf_exp import checkpoint, evaluate
+from agf_exp.config import ConfigError
 from agf_exp.training import Trainer, TrainingError, train
 
 from .conftest import make_cfg
@@ -53,6 +54,30 @@ def test_smoke_training_learns(smoke_run):
     tok = summary["tokenizer"]  # names the exact subword model: token-level metrics depend on it
     assert len(tok["sha256"]) == 64 and tok["vocab_size"] == summary["vocab_size"] and tok["sentencepiece"]
     assert summary["final"]["val_tokens"] > 0
+
+
+def test_resume_refuses_another_subword_model_and_names_the_fix(tmp_path, monkeypatch):
+    """last.pt's weights belong to its subword model's ids: resuming with another one (another
+    sentencepiece version, another vocabulary) stops and writes the checkpoint's model out for
+    data.subword_file; resuming with that finishes the run."""
+    run, overrides = tmp_path / "r", [*FAST, "trainer.max_epochs=1", "trainer.decode_splits=[valid]"]
+    original = Trainer._update
+
+    def interrupt_at_step_5(self, examples, group):
+        if self.state.step == 5:
+            raise KeyboardInterrupt
+        return original(self, examples, group)
+
+    monkeypatch.setattr(Trainer, "_update", interrupt_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(*overrides), run)
+    monkeypatch.setattr(Trainer, "_update", original)
+    with pytest.raises(ConfigError, match=r"another subword model.*data.subword_file=.*checkpoints/subwords.model"):
+        train(make_cfg(*overrides, "data.vocab_size=40"), run)
+    model = run / "checkpoints" / "subwords.model"
+    assert model.read_bytes() == checkpoint.load(run / "checkpoints/last.pt")["tokenizer"]
+    summary = train(make_cfg(*overrides, "data.vocab_size=40", f"data.subword_file={model}"), run)
+    assert summary["status"] == "complete" and summary["steps"] > 5
 
 
 def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from typing import Dict, List, Sequence, Tuple
 from .batching import Example, collate, make_batches
 from . import binarized
 from .corpus import SOURCES, SPLITS, DataConfig, DataError, ParallelCorpus, expand, register_source
-from .tokenizer import BOS, EOS, Tokenizer, train_or_load
+from .tokenizer import BOS, EOS, Tokenizer, load_model_file, train_or_load
 
 for _name in ("synthetic", "multi30k", "files", "wmt17"):
     importlib.import_module(f"{__name__}.{_name}")
@@ -50,6 +50,8 @@ def prepare_data(cfg: DataConfig, seed: int) -> DataBundle:
     if corpus.train_pairs is not None:  # a large corpus: streamed from its binarised cache
         tok, examples["train"] = binarized.prepare(cfg, corpus.train_pairs)
         dropped = examples["train"].dropped
+    elif cfg.subword_file:
+        tok = load_model_file(cfg.subword_file)
     else:
         train_src, train_tgt = corpus.splits["train"]
         tok = train_or_load(train_src + train_tgt, cfg.vocab_size, cfg.subword_model.value, expand(cfg.cache_dir))

@@ -40,7 +40,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .corpus import DataError, PairSource, expand
-from .tokenizer import BOS, EOS, Tokenizer, train_or_load
+from .tokenizer import BOS, EOS, Tokenizer, load_model_file, train_or_load
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ def reservoir_sample(pairs: PairSource, k: int, seed: int = 0) -> List[Tuple[str
 
 def sampled_tokenizer(pairs: PairSource, fingerprint: str, cfg) -> Tokenizer:
     """The joint sentencepiece model of a large corpus, trained on a uniform sample of its pairs
-    and cached under the corpus fingerprint (no pass over the corpus when cached)."""
+    and cached under the corpus fingerprint (no pass over the corpus when cached); the model of
+    ``data.subword_file`` when one is given."""
+    if cfg.subword_file:
+        return load_model_file(cfg.subword_file)
 
     def lines():
         sample = reservoir_sample(pairs, cfg.spm_sample)

@@ -38,6 +38,10 @@ class DataConfig:
     cache_dir: str = "${oc.env:AGF_CACHE_DIR,'~/.cache/agf_exp'}"
     vocab_size: int = 8000  # joint sentencepiece vocabulary (a soft limit on small corpora)
     subword_model: SubwordModel = SubwordModel.unigram
+    # A trained sentencepiece .model to use instead of training one (then vocab_size and
+    # subword_model are the file's): the same subwords on every machine, whatever its
+    # sentencepiece version. Its ids 0-3 must be pad, unk, bos, eos (as agf-exp trains them).
+    subword_file: Optional[str] = None
     max_len: int = 100  # training pairs with more subword tokens on either side are dropped
 
 

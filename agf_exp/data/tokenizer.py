@@ -14,6 +14,7 @@ from typing import Callable, List, Optional, Sequence, Union
 import sentencepiece as spm
 
 from ..atomic import atomic_write_bytes
+from .corpus import DataError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
@@ -50,6 +51,26 @@ class Tokenizer:
                 seq = seq[: seq.index(EOS)]
             clean.append([i for i in seq if i not in (PAD, BOS)])
         return self.sp.decode(clean)
+
+
+def load_model_file(path: Union[str, Path]) -> Tokenizer:
+    """A trained sentencepiece model from a file (``data.subword_file``), checked for the special
+    ids the models and batching assume."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.subword_file={path} does not exist; point it at a sentencepiece "
+                                ".model file (a run's cache: <data.cache_dir>/spm/) or set it to null to train one")
+    try:
+        tok = Tokenizer(path.read_bytes())
+    except Exception as e:  # sentencepiece raises RuntimeError/OSError for a file that is not a model
+        raise DataError(f"data.subword_file={path} is not a sentencepiece model ({e})") from e
+    specials = [tok.sp.id_to_piece(i) if i < tok.vocab_size else None for i in range(4)]
+    if [tok.sp.pad_id(), tok.sp.unk_id(), tok.sp.bos_id(), tok.sp.eos_id()] != [PAD, UNK, BOS, EOS]:
+        raise DataError(f"data.subword_file={path} has special ids pad/unk/bos/eos = "
+                         f"{tok.sp.pad_id()}/{tok.sp.unk_id()}/{tok.sp.bos_id()}/{tok.sp.eos_id()} "
+                         f"(pieces {specials}); agf-exp needs 0/1/2/3: train it with pad_id=0 unk_id=1 "
+                         "bos_id=2 eos_id=3, or leave data.subword_file null")
+    return tok
 
 
 def train_or_load(lines: Union[Sequence[str], Callable[[], Sequence[str]]], vocab_size: int, model_type: str,
