@@ -602,7 +602,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
     validate(cfg)
     dist = init_distributed(str(getattr(cfg.trainer.device, "value", cfg.trainer.device)))
     try:
-        return _train(cfg, Path(dist.broadcast(str(run_dir))), dist)
+        summary = _train(cfg, Path(dist.broadcast(str(run_dir))), dist)
+        # every rank past its last collective before any tears its gloo group down (once, under
+        # a loaded CPU, rank 0 aborted with "terminate called without an active exception" there)
+        dist.barrier()
+        return summary
     finally:
         dist.close()
 
