@@ -396,7 +396,7 @@ def _segmentation_warning(runs: List[Run]) -> List[str]:
     desc = "; ".join(f"{name}: {n} run{'s' if n != 1 else ''}" for name, n in groups.items())
     return [f"These runs use {len(groups)} different subword segmentations ({desc}). Validation accuracy "
             "is per target token, so it is not comparable across them; compare BLEU, or train every run "
-            "with one sentencepiece version (it keys the cached subword model)."]
+            "on one model file (data.subword_file=...)."]
 
 
 def setup_table(spec: Table, by_row: Dict[str, List[Run]], unfinished: List[Run], experiment,

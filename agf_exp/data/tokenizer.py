@@ -59,7 +59,7 @@ def load_model_file(path: Union[str, Path]) -> Tokenizer:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"data.subword_file={path} does not exist; point it at a sentencepiece "
-                                ".model file (a run's cache: <data.cache_dir>/spm/) or set it to null to train one")
+                        ".model file (a run's cache: <data.cache_dir>/spm/) or set it to null to train one")
     try:
         tok = Tokenizer(path.read_bytes())
     except Exception as e:  # sentencepiece raises RuntimeError/OSError for a file that is not a model
@@ -67,9 +67,9 @@ def load_model_file(path: Union[str, Path]) -> Tokenizer:
     specials = [tok.sp.id_to_piece(i) if i < tok.vocab_size else None for i in range(4)]
     if [tok.sp.pad_id(), tok.sp.unk_id(), tok.sp.bos_id(), tok.sp.eos_id()] != [PAD, UNK, BOS, EOS]:
         raise DataError(f"data.subword_file={path} has special ids pad/unk/bos/eos = "
-                         f"{tok.sp.pad_id()}/{tok.sp.unk_id()}/{tok.sp.bos_id()}/{tok.sp.eos_id()} "
-                         f"(pieces {specials}); agf-exp needs 0/1/2/3: train it with pad_id=0 unk_id=1 "
-                         "bos_id=2 eos_id=3, or leave data.subword_file null")
+                        f"{tok.sp.pad_id()}/{tok.sp.unk_id()}/{tok.sp.bos_id()}/{tok.sp.eos_id()} "
+                        f"(pieces {specials}); agf-exp needs 0/1/2/3: train it with pad_id=0 unk_id=1 "
+                        "bos_id=2 eos_id=3, or leave data.subword_file null")
     return tok
 
 
