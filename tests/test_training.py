@@ -56,22 +56,27 @@ def test_smoke_training_learns(smoke_run):
     assert summary["final"]["val_tokens"] > 0
 
 
+def interrupted_run(monkeypatch, cfg, run_dir, step: int) -> None:
+    """Train ``cfg`` into ``run_dir`` until a Ctrl-C at ``step`` (last.pt holds that step)."""
+    original = Trainer._update
+
+    def interrupt(self, examples, group):
+        if self.state.step == step:
+            raise KeyboardInterrupt
+        return original(self, examples, group)
+
+    monkeypatch.setattr(Trainer, "_update", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run_dir)
+    monkeypatch.setattr(Trainer, "_update", original)
+
+
 def test_resume_refuses_another_subword_model_and_names_the_fix(tmp_path, monkeypatch):
     """last.pt's weights belong to its subword model's ids: resuming with another one (another
     sentencepiece version, another vocabulary) stops and writes the checkpoint's model out for
     data.subword_file; resuming with that finishes the run."""
     run, overrides = tmp_path / "r", [*FAST, "trainer.max_epochs=1", "trainer.decode_splits=[valid]"]
-    original = Trainer._update
-
-    def interrupt_at_step_5(self, examples, group):
-        if self.state.step == 5:
-            raise KeyboardInterrupt
-        return original(self, examples, group)
-
-    monkeypatch.setattr(Trainer, "_update", interrupt_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train(make_cfg(*overrides), run)
-    monkeypatch.setattr(Trainer, "_update", original)
+    interrupted_run(monkeypatch, make_cfg(*overrides), run, step=5)
     with pytest.raises(ConfigError, match=r"another subword model.*data.subword_file=.*checkpoints/subwords.model"):
         train(make_cfg(*overrides, "data.vocab_size=40"), run)
     model = run / "checkpoints" / "subwords.model"
@@ -86,19 +91,9 @@ def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
     train(make_cfg(*overrides), straight)
 
     resumed = tmp_path / "resumed"
-    original = Trainer._update
-
-    def interrupt_at_step_20(self, examples, group):
-        if self.state.step == 20:
-            raise KeyboardInterrupt
-        return original(self, examples, group)
-
-    monkeypatch.setattr(Trainer, "_update", interrupt_at_step_20)
-    with pytest.raises(KeyboardInterrupt):
-        train(make_cfg(*overrides), resumed)
+    interrupted_run(monkeypatch, make_cfg(*overrides), resumed, step=20)
     state = checkpoint.load(resumed / "checkpoints/last.pt")["state"]
     assert state["step"] == 20 and state["epoch"] == 0 and state["batch_in_epoch"] == 20
-    monkeypatch.setattr(Trainer, "_update", original)
     train(make_cfg(*overrides), resumed)
 
     timing = {"tokens_per_s", "train_seconds", "val_seconds", "train_loss"}

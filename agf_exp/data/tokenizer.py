@@ -64,8 +64,8 @@ def load_model_file(path: Union[str, Path]) -> Tokenizer:
         tok = Tokenizer(path.read_bytes())
     except Exception as e:  # sentencepiece raises RuntimeError/OSError for a file that is not a model
         raise DataError(f"data.subword_file={path} is not a sentencepiece model ({e})") from e
-    specials = [tok.sp.id_to_piece(i) if i < tok.vocab_size else None for i in range(4)]
     if [tok.sp.pad_id(), tok.sp.unk_id(), tok.sp.bos_id(), tok.sp.eos_id()] != [PAD, UNK, BOS, EOS]:
+        specials = [tok.sp.id_to_piece(i) if i < tok.vocab_size else None for i in range(4)]
         raise DataError(f"data.subword_file={path} has special ids pad/unk/bos/eos = "
                         f"{tok.sp.pad_id()}/{tok.sp.unk_id()}/{tok.sp.bos_id()}/{tok.sp.eos_id()} "
                         f"(pieces {specials}); agf-exp needs 0/1/2/3: train it with pad_id=0 unk_id=1 "
