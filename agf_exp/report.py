@@ -24,8 +24,8 @@ seed noise is in the ± and CI columns.
 Runs are the run dirs below ``--runs`` (a dir with ``config.yaml`` written by the trainer). A run
 belongs to a row through its ``row`` config value, or, for runs started without ``row=``, through
 its mode and toggles matching ``conf/row/<row>.yaml``. Runs without ``summary.json`` are listed as
-unfinished, and (row, seed) pairs that the table's other rows have but a row lacks are listed as
-missing; nothing is dropped silently.
+unfinished, and (row, seed) pairs that the table's other rows have, or that ``--seeds 1,2,3``
+names, but a row lacks are listed as missing; nothing is dropped silently.
 """
 from __future__ import annotations
 
@@ -289,8 +289,11 @@ def select_runs(spec: Table, runs: List[Run], experiment: Optional[str]) -> Tupl
     return {row: [by_seed[s] for s in sorted(by_seed, key=str)] for row, by_seed in chosen.items()}, unfinished, duplicates
 
 
-def report_table(name: str, runs: List[Run], experiment: Optional[str] = None, n_bootstrap: int = 1000) -> Dict[str, Any]:
-    """The structured report of one table (what the Markdown/CSV/JSON writers print)."""
+def report_table(name: str, runs: List[Run], experiment: Optional[str] = None, n_bootstrap: int = 1000,
+                 seeds: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """The structured report of one table (what the Markdown/CSV/JSON writers print). ``seeds``:
+    the seeds every row should have (``--seeds``); a row lacking one is listed as missing, as is
+    a row lacking a seed that another row of the table has."""
     spec = get_table(name)
     if spec.name == "table3":
         return worked_example()
@@ -299,7 +302,7 @@ def report_table(name: str, runs: List[Run], experiment: Optional[str] = None, n
     if spec.name == "table1":
         finished = [r for r in runs if r.complete and (experiment is None or r.experiment == experiment)]
         return setup_table(spec, by_row, unfinished, experiment, finished)
-    seeds = sorted({r.seed for rs in by_row.values() for r in rs}, key=str)
+    seeds = sorted({r.seed for rs in by_row.values() for r in rs} | set(seeds or ()), key=str)
     base_runs = by_row.get(spec.baseline, [])
     base_acc = mean_ci([r.summary["final"].get("val_acc") for r in base_runs])["mean"] if base_runs else None
     base_stats = _test_statistics(base_runs)
@@ -622,7 +625,8 @@ def plot_table_curves(result: Dict[str, Any], runs: List[Run], path: Path) -> Op
 # command line
 
 
-def write_all(runs: List[Run], out: Path, experiment: Optional[str], n_bootstrap: int) -> Path:
+def write_all(runs: List[Run], out: Path, experiment: Optional[str], n_bootstrap: int,
+              seeds: Optional[Sequence[int]] = None) -> Path:
     """Every table into ``out`` (REPORT.md) with CSV/JSON and learning-curve plots beside it."""
     out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -632,7 +636,7 @@ def write_all(runs: List[Run], out: Path, experiment: Optional[str], n_bootstrap
     for name in TABLES:
         spec = TABLES[name]
         try:
-            result = report_table(name, runs, experiment, n_bootstrap)
+            result = report_table(name, runs, experiment, n_bootstrap, seeds)
         except ReportError as e:
             parts += [f"### {name}", "", f"Not reported: {e}", ""]
             continue
@@ -679,6 +683,13 @@ def export_runs(runs: List[Run], root: Path, dest: Path, experiment: Optional[st
     return written
 
 
+def _seed_list(text: str) -> List[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integer seeds, e.g. 1,2,3") from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agf_exp.report", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -691,6 +702,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--format", choices=["md", "csv", "json"], default="md")
     parser.add_argument("--out", type=Path, help="write here instead of stdout (--all: default <runs>/REPORT.md)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
+    parser.add_argument("--seeds", type=_seed_list, metavar="1,2,3",
+                        help="the seeds every row should have: a row lacking one is listed as missing")
     parser.add_argument("--export", type=Path, metavar="DIR",
                         help="copy the finished runs' small files (no checkpoints) into DIR, e.g. results/multi30k-small")
     args = parser.parse_args(argv)
@@ -715,9 +728,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 runs = collect_runs(args.runs or Path("outputs/sweeps"))
         if args.all:
             out = args.out or (args.runs or Path("outputs/sweeps")) / "REPORT.md"
-            print(f"wrote {write_all(runs, out, args.experiment, args.bootstrap)}")
+            print(f"wrote {write_all(runs, out, args.experiment, args.bootstrap, args.seeds)}")
             return 0
-        result = report_table(args.table, runs, args.experiment, args.bootstrap)
+        result = report_table(args.table, runs, args.experiment, args.bootstrap, args.seeds)
     except (ReportError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

@@ -68,5 +68,6 @@ else
     wait
     python -m agf_exp.report --export results/multi30k-small --runs outputs/sweeps --experiment small
 fi
-python -m agf_exp.report --all --runs results/multi30k-small --experiment small --out results/multi30k-small/REPORT.md
+python -m agf_exp.report --all --runs results/multi30k-small --experiment small --out results/multi30k-small/REPORT.md \
+    --seeds "$(echo ${seeds[*]} | tr ' ' ,)"
 exit "$status"

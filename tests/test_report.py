@@ -92,6 +92,20 @@ def test_several_experiments_need_a_choice(tmp_path):
     assert "agf: no finished run" in result["missing"]
 
 
+def test_seeds_every_row_should_have_are_listed_as_missing(capsys):
+    def fake(row, seed):
+        return report.Run(f"{row}/{seed}", {"row": row, "seed": seed, "experiment": "small"},
+                          {"status": "complete", "final": {"val_acc": 50.0}, "decoding": {}}, [], row)
+    runs = [fake("vanilla", 1), fake("vanilla", 2), fake("agf", 1)]
+    assert report.report_table("table2", runs)["missing"] == ["agf seed 2", "agf_m: no finished run"]
+    result = report.report_table("table2", runs, seeds=[1, 2, 3])
+    assert result["missing"] == ["vanilla seed 3", "agf seed 2", "agf seed 3", "agf_m: no finished run"]
+    assert "Missing: `vanilla seed 3`, `agf seed 2`" in report.to_markdown(result)
+    with pytest.raises(SystemExit):
+        report.main(["table2", "--seeds", "1,two"])
+    assert "'1,two' is not a comma-separated list of integer seeds" in capsys.readouterr().err
+
+
 def test_table1_hides_the_data_folder_and_counts_mixed_hardware():
     def fake(row, seed, threads):
         config = {"row": row, "seed": seed, "experiment": "small", "data": {"root": "/home/me/multi30k"},

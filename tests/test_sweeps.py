@@ -275,6 +275,7 @@ def test_reproduce_script_trains_every_row_once_per_seed(tmp_path, jobs):
     for t in trained:  # the run lands in the dir of a table that has the row
         assert t["row"] in TABLES[t["+table"]].rows
     assert lines[-1].startswith("-m agf_exp.report --all --runs results/multi30k-small")
+    assert lines[-1].endswith("--seeds 1,2")  # the report lists the seeds a row still lacks
     assert sum(line.startswith("-m agf_exp.report --export") for line in lines) == (2 if jobs == "1" else 1)
 
 
