@@ -432,7 +432,8 @@ def setup_table(spec: Table, by_row: Dict[str, List[Run]], unfinished: List[Run]
         items.append({"item": item, "paper": paper, "ours": ours.get(item, "no finished vanilla run")})
     missing = [] if rs else ["vanilla: no finished run"]
     return {"table": spec.name, "title": spec.title, "experiment": experiment, "setup": items,
-            "runs": [r.path for r in rs], "missing": missing, "unfinished": [r.path for r in unfinished]}
+            "runs": [r.path for r in rs], "finished": len(finished), "missing": missing,
+            "unfinished": [r.path for r in unfinished]}
 
 
 def worked_example() -> Dict[str, Any]:
@@ -496,7 +497,11 @@ def to_markdown(result: Dict[str, Any]) -> str:
                 "the far key (coefficient 0.1) contributes 5x as much as the near one; with PCM-V both contribute "
                 "the same. (The paper prints the softmax weight as 0.1 for illustration; two equal scores get 0.5 each.)"]
         return "\n".join(out) + "\n"
-    out.append(f"Experiment: `{result['experiment']}`. Runs: {len(result.get('runs', [])) if name == 'table1' else sum(len(r['seeds']) for r in result['rows'])}.")
+    if name == "table1":
+        out.append(f"Experiment: `{result['experiment']}`. Runs: {len(result['runs'])} vanilla (architecture, "
+                   f"precision, training duration); {result['finished']} finished in all (subwords, hardware).")
+    else:
+        out.append(f"Experiment: `{result['experiment']}`. Runs: {sum(len(r['seeds']) for r in result['rows'])}.")
     out.append("")
     if name == "table1":
         out += ["| configuration item | paper | this reproduction |", "|---|---|---|"]

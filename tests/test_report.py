@@ -121,6 +121,8 @@ def test_table1_hides_the_data_folder_and_counts_mixed_hardware():
     assert ours["Dataset"] == ("multi30k task1 en-de (data.root) (29000 training pairs; subwords: validation "
                                "tokens not recorded)")
     assert ours["Hardware"] == "cpu, 1 CPU thread; Linux (2 runs); cpu, 2 CPU threads; Linux (1 run)"
+    assert ("Runs: 2 vanilla (architecture, precision, training duration); 3 finished in all (subwords, hardware)."
+            in report.to_markdown(report.report_table("table1", runs)))
     ours = {i["item"]: i["ours"] for i in report.report_table("table1", runs[:1])["setup"]}
     assert ours["Hardware"] == "cpu, 2 CPU threads; Linux"
 
