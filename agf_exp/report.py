@@ -498,17 +498,14 @@ def to_markdown(result: Dict[str, Any]) -> str:
                 "the same. (The paper prints the softmax weight as 0.1 for illustration; two equal scores get 0.5 each.)"]
         return "\n".join(out) + "\n"
     if name == "table1":
-        out.append(f"Experiment: `{result['experiment']}`. Runs: {len(result['runs'])} vanilla (architecture, "
-                   f"precision, training duration); {result['finished']} finished in all (subwords, hardware).")
-    else:
-        out.append(f"Experiment: `{result['experiment']}`. Runs: {sum(len(r['seeds']) for r in result['rows'])}.")
-    out.append("")
-    if name == "table1":
-        out += ["| configuration item | paper | this reproduction |", "|---|---|---|"]
+        out += [f"Experiment: `{result['experiment']}`. Runs: {len(result['runs'])} vanilla (architecture, "
+                f"precision, training duration); {result['finished']} finished in all (subwords, hardware).", "",
+                "| configuration item | paper | this reproduction |", "|---|---|---|"]
         out += [f"| {i['item']} | {i['paper']} | {i['ours']} |" for i in result["setup"]]
     else:
         base = result["baseline"]
-        out += [f"Metric: final validation accuracy (%, teacher-forced). Δ: difference to `{base}`. "
+        out += [f"Experiment: `{result['experiment']}`. Runs: {sum(len(r['seeds']) for r in result['rows'])}.", "",
+                f"Metric: final validation accuracy (%, teacher-forced). Δ: difference to `{base}`. "
                 "BLEU: sacreBLEU on the decoded test set; bootstrap: paired, over test sentences, vs the baseline.", "",
                 "| row | paper | Δ paper | ours (mean ± std) | 95% CI | n | Δ ours | test BLEU | ΔBLEU [95% CI], p |",
                 "|---|---|---|---|---|---|---|---|---|"]
