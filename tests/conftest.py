@@ -41,4 +41,4 @@ def multi30k_root():
     root = os.environ.get("MULTI30K_ROOT")
     if not root or not Path(root).is_dir():
         pytest.skip("set MULTI30K_ROOT to a folder with the Multi30k .gz files to run this test")
-    return Path(root)
+    return Path(root).resolve()  # the README passes it relative (../shared/...); tests may chdir or need a file URI
