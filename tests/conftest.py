@@ -25,6 +25,15 @@ def _cache_dir(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _restore_num_threads():
+    """A Trainer with trainer.num_threads sets torch's process-wide thread count; undo it after
+    each test so that no test's result depends on which tests ran before it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_cfg(*overrides: str):
     """Compose the project config exactly as `python run.py <overrides>` would."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
