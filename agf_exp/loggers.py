@@ -107,7 +107,9 @@ def read_offline_run(wandb_file: Path) -> Dict[str, Any]:
     not yet synced), decoding each record with wandb's own protobuf schema (``wandb.proto``).
 
     Returns ``{"run": {id, group, name, tags, project}, "config": {...}, "history": [rows],
-    "summary": {...}}``. The file is wandb's LevelDB-style log: a 7-byte header (``:W&B``, magic,
+    "summary": {...}, "complete": bool}``; ``complete`` is whether the run's exit record is in the
+    file (a run in progress, or one whose writer has not flushed yet, reads as incomplete, up to its
+    last whole chunk). The file is wandb's LevelDB-style log: a 7-byte header (``:W&B``, magic,
     version), then 32 KiB blocks of chunks, each ``crc32c (4) | length (2, LE) | type (1)``
     (1 full, 2 first, 3 middle, 4 last).
     """
@@ -116,7 +118,7 @@ def read_offline_run(wandb_file: Path) -> Dict[str, Any]:
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = Path(wandb_file).read_bytes()
-    if data[:4] != b":W&B":
+    if data[:4] != b":W&B"[:len(data)]:  # a file shorter than its header is a run just starting
         raise ValueError(f"{wandb_file} is not a W&B transaction log (no ':W&B' header)")
 
     def value(item) -> Any:
@@ -125,7 +127,7 @@ def read_offline_run(wandb_file: Path) -> Dict[str, Any]:
     def key(item) -> str:
         return item.key or "/".join(item.nested_key)
 
-    out: Dict[str, Any] = {"run": {}, "config": {}, "history": [], "summary": {}}
+    out: Dict[str, Any] = {"run": {}, "config": {}, "history": [], "summary": {}, "complete": False}
     pos, block, chunks = 7, 32768, []
     while pos + 7 <= len(data):
         left = block - pos % block
@@ -133,6 +135,8 @@ def read_offline_run(wandb_file: Path) -> Dict[str, Any]:
             pos += left
             continue
         length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        if pos + 7 + length > len(data):  # a chunk still being written
+            break
         payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
         if kind == 0:
             continue
@@ -154,5 +158,7 @@ def read_offline_run(wandb_file: Path) -> Dict[str, Any]:
             out["history"].append({key(i): value(i) for i in record.history.item})
         elif which == "summary":
             out["summary"].update({key(i): value(i) for i in record.summary.update})
+        elif which == "exit":
+            out["complete"] = True
     out["config"].pop("_wandb", None)
     return out

@@ -4,6 +4,7 @@ wandb's own protobuf schema; resumed runs continue the same W&B run; no credenti
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -33,12 +34,25 @@ def offline_runs(run_dir):
     return sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
+def read_finished(wandb_file, timeout: float = 60.0):
+    """The run as logged, once its exit record is in the file: ``wandb.finish()`` can return
+    before wandb's service process has flushed the transaction log (seen in CI under load, where
+    the file had no run record yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logged = read_offline_run(wandb_file)
+        if logged["complete"]:
+            return logged
+        assert time.monotonic() < deadline, f"{wandb_file}: no exit record after {timeout:.0f} s"
+        time.sleep(0.2)
+
+
 def test_offline_run_logs_config_metrics_and_summary(wandb_env):
     run = wandb_env / "run"
     cfg = make_cfg(*FAST, "row=agf_m_pcmv", "+table=table4", "seed=3", "trainer.max_epochs=2", "logger.mode=offline")
     summary = train(cfg, run)
     (wandb_file,) = offline_runs(run)
-    logged = read_offline_run(wandb_file)
+    logged = read_finished(wandb_file)
 
     # one W&B run: group = table, job name = row, tags from the config
     assert logged["run"]["id"] == summary["wandb_id"]
@@ -68,6 +82,25 @@ def test_offline_run_logs_config_metrics_and_summary(wandb_env):
             assert SECRET.encode() not in path.read_bytes(), path
 
 
+def test_reading_a_run_file_still_being_written(wandb_env, tmp_path):
+    """A run file cut anywhere reads as incomplete, up to its last whole record, never raises."""
+    run = wandb_env / "run"
+    train(make_cfg(*FAST, "trainer.max_epochs=1", "logger.mode=offline"), run)
+    (wandb_file,) = offline_runs(run)
+    full = read_finished(wandb_file)
+    data = wandb_file.read_bytes()
+    cut = tmp_path / "cut.wandb"
+    for size in (0, 3, 7, 40, len(data) // 2, len(data) - 1):
+        cut.write_bytes(data[:size])
+        partial = read_offline_run(cut)
+        assert not partial["complete"], size
+        assert len(partial["history"]) <= len(full["history"])
+    assert read_offline_run(cut)["run"]["id"] == full["run"]["id"]  # the run record is near the start
+    cut.write_bytes(b"not a wandb file")
+    with pytest.raises(ValueError, match="not a W&B transaction log"):
+        read_offline_run(cut)
+
+
 def test_resumed_run_continues_the_same_wandb_run(wandb_env):
     run = wandb_env / "run"
     first = train(make_cfg(*FAST, "trainer.max_epochs=1", "logger.mode=offline"), run)
@@ -75,7 +108,7 @@ def test_resumed_run_continues_the_same_wandb_run(wandb_env):
     assert second["epochs"] == 2 and second["wandb_id"] == first["wandb_id"]
     files = offline_runs(run)
     assert len(files) == 2 and all(first["wandb_id"] in f.name for f in files)
-    assert [read_offline_run(f)["run"]["id"] for f in files] == [first["wandb_id"]] * 2
+    assert [read_finished(f)["run"]["id"] for f in files] == [first["wandb_id"]] * 2
 
 
 def test_auto_mode_without_a_key_is_offline(wandb_env, monkeypatch):
@@ -120,7 +153,7 @@ def test_analysis_images_go_to_the_runs_wandb_run(wandb_env):
                          "min_count=2"]) == 0
     files = offline_runs(run)
     assert len(files) == 2  # training, then the analysis resuming the same W&B run
-    logged = read_offline_run(files[-1])
+    logged = read_finished(files[-1])
     assert logged["run"]["id"] == first["wandb_id"]
     images = {k[: -len("/_type")] for h in logged["history"] for k, v in h.items() if v == "image-file"}
     assert {"analysis/heads/heatmap", "analysis/heads/plane"} <= images
