@@ -525,7 +525,28 @@ def to_markdown(result: Dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+FILE_DIGITS = 12  # significant digits of the floats that the report writes to .json / .csv
+
+
+def round_floats(obj: Any, digits: int = FILE_DIGITS) -> Any:
+    """``obj`` with every float rounded to ``digits`` significant digits: the bootstrap's vectorised
+    numpy sums differ in the last bit between machines, and the committed files should come back
+    byte-identical when the report is regenerated from the same runs."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_floats(v, digits) for v in obj]
+    return obj
+
+
+def to_json(result: Any) -> str:
+    return json.dumps(round_floats(result), indent=2) + "\n"
+
+
 def to_csv(result: Dict[str, Any]) -> str:
+    result = round_floats(result)
     buf = io.StringIO()
     w = csv.writer(buf)
     if result["table"] == "table3":
@@ -642,7 +663,7 @@ def write_all(runs: List[Run], out: Path, experiment: Optional[str], n_bootstrap
         except ReportError as e:
             parts += [f"### {name}", "", f"Not reported: {e}", ""]
             continue
-        (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out_dir / f"{name}.json").write_text(to_json(result))
         (out_dir / f"{name}.csv").write_text(to_csv(result))
         parts.append(to_markdown(result))
         if spec.rows and name != "table1":
@@ -653,7 +674,7 @@ def write_all(runs: List[Run], out: Path, experiment: Optional[str], n_bootstrap
     from .claims import to_markdown as claims_markdown
 
     claims = evaluate_claims(runs, experiment, n_bootstrap)
-    (out_dir / "claims.json").write_text(json.dumps(claims, indent=2) + "\n")
+    (out_dir / "claims.json").write_text(to_json(claims))
     parts += [claims_markdown(claims), analysis_appendix(claims)]
     out.write_text("\n".join(parts))
     return out
@@ -736,7 +757,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ReportError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
-    text = {"md": to_markdown, "csv": to_csv, "json": lambda r: json.dumps(r, indent=2) + "\n"}[args.format](result)
+    text = {"md": to_markdown, "csv": to_csv, "json": to_json}[args.format](result)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

@@ -189,3 +189,13 @@ def test_all_tables_into_a_folder_that_does_not_exist_yet(tmp_path):
     out = report.write_all([], tmp_path / "new" / "report" / "REPORT.md", None, n_bootstrap=10)
     assert out.is_file() and (out.parent / "table3.json").is_file()
     assert "Table 3" in out.read_text()
+
+
+def test_written_floats_are_rounded_so_regenerated_files_match():
+    """Last-bit differences (numpy's vectorised sums differ between machines) do not reach the files."""
+    a = {"rows": [{"ci_low": -1.748290782217184, "n": 3, "label": "x"}], "p": 0.001998001998001998}
+    b = {"rows": [{"ci_low": -1.7482907822171843, "n": 3, "label": "x"}], "p": 0.001998001998001998}
+    assert report.to_json(a) == report.to_json(b)
+    assert json.loads(report.to_json(a)) == {"rows": [{"ci_low": -1.74829078222, "n": 3, "label": "x"}],
+                                             "p": 0.001998001998}
+    assert report.round_floats([float("nan"), 1e-300, 2.5, True, None])[1:] == [1e-300, 2.5, True, None]
