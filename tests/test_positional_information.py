@@ -42,16 +42,9 @@ def train_reversal(mode: str, pe: bool, pcmv: bool = False) -> float:
 
     One CPU thread, so the result does not depend on the machine's core count or on a thread
     count that an earlier test left behind (CPU reductions split by thread change the last bits,
-    and a short run at this learning rate amplifies them by several points)."""
-    threads = torch.get_num_threads()
+    and a short run at this learning rate amplifies them by several points); conftest's autouse
+    fixture restores the thread count after the test."""
     torch.set_num_threads(1)
-    try:
-        return _train_reversal(mode, pe, pcmv)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_reversal(mode: str, pe: bool, pcmv: bool) -> float:
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=64, n_heads=4, d_ff=128, enc_layers=2, dec_layers=2, dropout=0.0, attn_dropout=0.0)
     model = Seq2SeqTransformer(cfg, MODES[mode].config_class(), VOCAB, PAD, pe=pe, pcmv=pcmv, sco=False)
