@@ -1,27 +1,107 @@
 """Train one run: ``python run.py [group=option ...] [key=value ...]`` (Hydra; ``--help`` lists
-the groups, ``--cfg job`` prints the composed config, ``-m`` runs a multirun sweep)."""
+the groups, ``--cfg job`` prints the composed config, ``-m`` runs a multirun sweep).
+
+Nothing is written into the run dir until the run starts: Hydra's own files (``.hydra/``) and
+``run.log`` are written once the trainer has accepted the start (the log of the start so far is
+kept in memory until then), so a refused start (the dir in use, a finished run of another config,
+bad input) leaves an existing run dir byte-identical and a fresh one not created at all."""
 import logging
+import logging.handlers
+import math
+import os
+import shlex
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 import agf_exp.config  # noqa: F401  (registers the typed schemas before Hydra composes)
+from agf_exp.atomic import atomic_write_bytes
 from agf_exp.config import ConfigError
 from agf_exp.data import DataError
+from agf_exp.runlock import RunDirLocked
 from agf_exp.training import TrainingError, train
 
 log = logging.getLogger("run")
 
 
+class _StartLog:
+    """Holds the run's log records in memory until the run starts, then writes them, and every
+    later record, to ``<run dir>/run.log``."""
+
+    def __init__(self) -> None:
+        self.buffer = logging.handlers.MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1)
+        self.file = None
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 alone writes run.log
+            logging.getLogger().addHandler(self.buffer)
+
+    def start(self, run_dir: Path) -> None:
+        self.file = logging.FileHandler(run_dir / "run.log")
+        self.file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        self.buffer.setTarget(self.file)
+        self.buffer.flush()
+        logging.getLogger().removeHandler(self.buffer)
+        logging.getLogger().addHandler(self.file)
+
+    def close(self) -> None:
+        root = logging.getLogger()
+        for handler in (self.buffer, self.file):
+            if handler is not None:
+                root.removeHandler(handler)
+                handler.close()
+
+
+def _record_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
+    """What Hydra itself writes into ``.hydra/`` (switched off in conf/config.yaml, so that a
+    refused start leaves the dir alone): the task config, Hydra's config, the overrides."""
+    hydra_cfg = HydraConfig.instance().cfg  # the `hydra` node alone
+    files = {"config.yaml": OmegaConf.to_yaml(cfg), "hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+             "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task)}
+    for name, text in files.items():
+        atomic_write_bytes(run_dir / ".hydra" / name, text.encode())
+
+
+def _fail(message: str, run_dir: Path) -> None:
+    """One line on stderr; a fresh run dir this start created (Hydra makes it first) is removed."""
+    print(message, file=sys.stderr)
+    try:
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+    except OSError:
+        pass
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    sweep = hc.mode == RunMode.MULTIRUN
+    start_log = _StartLog()
+
+    def started(path: Path) -> None:
+        _record_hydra_files(cfg, path)
+        start_log.start(path)
+
     try:
-        summary = train(cfg, HydraConfig.get().runtime.output_dir)
-    except (ConfigError, DataError, TrainingError) as e:
-        log.error("%s: %s", type(e).__name__, e)
+        summary = train(cfg, run_dir, on_start=started)
+    except RunDirLocked as e:
+        _fail(f"RunDirLocked: {e}", run_dir)
+        if sweep:  # the other jobs of the sweep go on
+            return math.nan
         sys.exit(2)
+    except (ConfigError, DataError, TrainingError) as e:
+        where = f" (log: {run_dir / 'run.log'})" if start_log.file is not None else ""
+        _fail(f"{type(e).__name__}: {e}{where}", run_dir)
+        sys.exit(2)
+    finally:
+        start_log.close()
+    overrides = " ".join(shlex.quote(o) for o in hc.overrides.task if not o.startswith("hydra.run.dir="))
+    print(f"run dir: {run_dir}\n"
+          f"  score:  python -m agf_exp.evaluate ckpt={run_dir / 'checkpoints' / 'best.pt'} split=test\n"
+          f"  resume or extend (e.g. trainer.max_epochs=N): python run.py {overrides} hydra.run.dir={run_dir}")
     return summary["best"]["value"]
 
 

@@ -156,7 +156,8 @@ def curve(args: CurveArgs) -> int:
         y = [float(v) for v in args.values]
         x = list(range(1, len(y) + 1))
         default_out = Path("learning_curve_fit.png")
-    fits = curves.fit_learning_curve(x, y)
+    upper = curves.ACCURACY_MAX if args.metric.endswith("acc") else None  # an accuracy in % has a ceiling <= 100
+    fits = curves.fit_learning_curve(x, y, upper=upper)
     sys.stdout.write(curves.to_markdown(fits, x, y))
     out = Path(args.out) if args.out else default_out
     png = curves.plot(fits, x, y, out, title=str(args.run or "values"))

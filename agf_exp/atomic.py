@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary file in the target's folder, fsync, then rename.
 
 Readers (and a resumed run) therefore see either the old file or the complete new one, never a
-half-written file, and nothing is left behind when the write fails."""
+half-written file, and nothing is left behind when the write fails. Files get the mode a plain
+``open()`` gives (0666 less the umask), so teammates on a shared cluster can read results."""
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +18,7 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: give it the mode open() would
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -26,6 +28,12 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -12,7 +12,9 @@ The reference ("eager") computation, for one head, query m and key n:
                                                 PCM-V-Exp; no renormalisation)
 
 with ``q . k`` weighted per channel by ``W[m, n, c]`` for channelwise modes (AGF-L) and q, k
-rotated first for rotary ones (RoPE). :func:`attention` is that reference; the fused backends
+rotated first for rotary ones (RoPE). The logits and the softmax are computed in fp32 even inside
+an autocast region (autocast is switched off around them). :func:`attention` is that reference;
+the fused backends
 (SDPA with a float mask, flex_attention with a score_mod and the log-sum-exp identity for PCM-V)
 must match it (``tests/test_backends.py``), and :func:`backend_problem` says which backend can
 compute which combination.
@@ -30,9 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .positional import AttnType, PosConfig, PosTable, PosTerms, build_mode
+from .positional import AttnType, PosConfig, PosTable, PosTerms, build_mode, offset_range, relative_offsets
+
+__all__ = ["AttnBackend", "AttentionRecord", "FLEX_MIN_HEAD_DIM", "MultiHeadAttention", "attention",
+           "backend_problem", "relative_offsets"]
 
 _SCO_EPS = 1e-6
+#: flex_attention's fused CUDA kernel (torch's inductor template) needs q, k and v heads of at
+#: least this many channels ("NYI: embedding dimension ... must be at least 16")
+FLEX_MIN_HEAD_DIM = 16
 
 
 class AttnBackend(str, enum.Enum):
@@ -42,9 +50,10 @@ class AttnBackend(str, enum.Enum):
     auto = "auto"  # the fastest backend that is correct for the mode, device and training state
 
 
-def backend_problem(backend: AttnBackend | str, mode_cls, pcmv: bool) -> Optional[str]:
-    """Why ``backend`` cannot compute a positional mode class (``None``: no mode) with ``pcmv``;
-    ``None`` when it can. ``auto`` never has a problem (it falls back to eager)."""
+def backend_problem(backend: AttnBackend | str, mode_cls, pcmv: bool, d_head: Optional[int] = None) -> Optional[str]:
+    """Why ``backend`` cannot compute a positional mode class (``None``: no mode) with ``pcmv`` and
+    heads of ``d_head`` channels; ``None`` when it can. ``auto`` never has a problem (it falls
+    back to eager)."""
     backend = AttnBackend(backend)
     multiplicative = mode_cls is not None and mode_cls.multiplicative
     channelwise = mode_cls is not None and mode_cls.channelwise
@@ -53,7 +62,15 @@ def backend_problem(backend: AttnBackend | str, mode_cls, pcmv: bool) -> Optiona
                 "multiplicative coefficient, a per-channel weight or PCM-V")
     if backend == AttnBackend.flex and channelwise:
         return "flex_attention's score_mod sees one scalar score, not the channels of q.k that LC3 weights"
+    if backend == AttnBackend.flex and d_head is not None and d_head < FLEX_MIN_HEAD_DIM:
+        return (f"flex_attention's fused kernel needs heads of at least {FLEX_MIN_HEAD_DIM} channels and "
+                f"model.d_model / model.n_heads = {d_head}")
     return None
+
+
+def _no_autocast(device: torch.device):
+    """A region where autocast is off (logits and softmax stay in fp32 under bf16/fp16 training)."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def _channel_scores(q: torch.Tensor, k: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
@@ -69,6 +86,22 @@ def _channel_scores_chunked(q: torch.Tensor, k: torch.Tensor, channel: torch.Ten
     b, h, lq, d = q.shape
     step = max(1, (1 << 24) // max(1, h * lq * k.shape[2] * d))
     return torch.cat([torch.einsum("bhmc,bhnc,hmnc->bhmn", q[i:i + step], k[i:i + step], channel)
+                      for i in range(0, b, step)])
+
+
+def _channel_values(weights: torch.Tensor, value_channel: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``sum_n a[b,h,m,n] W[h,m,n,c] v[b,h,n,c]`` (PCM-V with AGF-L's channel weights): like
+    :func:`_channel_scores`, chunked by batch and recomputed in the backward pass, so neither
+    direction holds the ``[B, H, Lq, Lk, d]`` product."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (weights, value_channel, v)):
+        return checkpoint(_channel_values_chunked, weights, value_channel, v, use_reentrant=False)
+    return _channel_values_chunked(weights, value_channel, v)
+
+
+def _channel_values_chunked(weights: torch.Tensor, value_channel: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    b, h, lq, lk = weights.shape
+    step = max(1, (1 << 24) // max(1, h * lq * lk * v.shape[-1]))
+    return torch.cat([torch.einsum("bhmn,hmnc,bhnc->bhmc", weights[i:i + step], value_channel, v[i:i + step])
                       for i in range(0, b, step)])
 
 
@@ -98,6 +131,14 @@ def attention(
     absolute position is ``q_offset + row`` (incremental decoding passes the number of cached
     steps). Returns ``[B, H, Lq, Dv]`` (and the attention probabilities if ``return_probs``).
     """
+    with _no_autocast(q.device):
+        return _attention_fp32(q, k, v, coef, bias, channel, value_coef, value_channel, sco, key_padding_mask,
+                               causal, q_offset, dropout_p, return_probs)
+
+
+def _attention_fp32(q, k, v, coef, bias, channel, value_coef, value_channel, sco, key_padding_mask, causal,
+                    q_offset, dropout_p, return_probs):
+    """:func:`attention`'s body, run with autocast off."""
     out_dtype = v.dtype
     qf, kf = q.float(), k.float()
     if sco:
@@ -118,7 +159,7 @@ def attention(
     if value_channel is None:
         out = weights.to(out_dtype) @ v
     else:
-        out = torch.einsum("bhmn,hmnc,bhnc->bhmc", weights, value_channel.float(), v.float()).to(out_dtype)
+        out = _channel_values(weights, value_channel.float(), v.float()).to(out_dtype)
     return (out, probs) if return_probs else out
 
 
@@ -145,11 +186,6 @@ def _mask(key_padding_mask, causal, lq, lk, q_offset, device) -> Optional[torch.
         future = torch.arange(lk, device=device)[None, :] > q_pos
         mask = future if mask is None else (mask | future)
     return mask
-
-
-def relative_offsets(lq: int, lk: int, q_offset: int, device) -> torch.Tensor:
-    """Signed offsets ``delta[m, n] = n - (q_offset + m)``: ``[Lq, Lk]``."""
-    return torch.arange(lk, device=device)[None, :] - (torch.arange(lq, device=device)[:, None] + q_offset)
 
 
 @dataclass
@@ -211,7 +247,8 @@ class MultiHeadAttention(nn.Module):
                 "Use pcmv=false, or a mode such as pos=agf or pos=agf_m."
             )
         self.backend = AttnBackend(backend)
-        problem = backend_problem(self.backend, type(self.pos) if self.pos is not None else None, self.pcmv)
+        problem = backend_problem(self.backend, type(self.pos) if self.pos is not None else None, self.pcmv,
+                                  self.d_head)
         if problem:
             raise ValueError(f"model.attn_backend={self.backend.value} cannot run pos={pos_cfg.name} "
                              f"pcmv={pcmv}: {problem}; use model.attn_backend=eager or auto")
@@ -228,17 +265,20 @@ class MultiHeadAttention(nn.Module):
         return self.pos is not None and self.pos.relative
 
     def resolve_backend(self, device: torch.device) -> AttnBackend:
-        """The backend this call uses (``auto`` resolved for the device and training state)."""
+        """The backend this call uses (``auto`` resolved for the device and training state): flex
+        only on CUDA, where its kernel is fused, for heads it can take and without attention
+        dropout (which it does not have)."""
         if self.backend != AttnBackend.auto:
             return self.backend
         mode_cls = type(self.pos) if self.pos is not None else None
         needs_scores = self.pcmv or (self.pos is not None and (self.pos.multiplicative or self.pos.channelwise))
+        flex_ok = (device.type == "cuda" and not (self.training and self.dropout > 0)
+                   and backend_problem(AttnBackend.flex, mode_cls, self.pcmv, self.d_head) is None)
         if not needs_scores:  # vanilla, RoPE, additive without PCM-V-Exp
-            if device.type == "cuda" and self._relative() and not (self.training and self.dropout > 0):
+            if flex_ok and self._relative():
                 return AttnBackend.flex  # no [B, H, L, L] float mask
             return AttnBackend.sdpa
-        flex_ok = backend_problem(AttnBackend.flex, mode_cls, self.pcmv) is None
-        if device.type == "cuda" and flex_ok and not (self.training and self.dropout > 0):
+        if flex_ok:
             return AttnBackend.flex
         return AttnBackend.eager
 
@@ -262,6 +302,10 @@ class MultiHeadAttention(nn.Module):
         ``k[..., key_index[b, m, n], :]`` while every position stays where it is: the positional
         terms, the rotation and the masks are those of position ``n``. This is how
         ``agf_exp.analysis.heads`` permutes key contents among positions."""
+        with _no_autocast(q.device):
+            return self._logits_fp32(q, k, key_padding_mask, q_offset, key_index)
+
+    def _logits_fp32(self, q, k, key_padding_mask, q_offset, key_index) -> torch.Tensor:
         rotary = self.pos is not None and self.pos.rotary
         lq, lk, d = q.shape[2], k.shape[2], q.shape[3]
         qf, kf = q.float(), k.float()
@@ -278,7 +322,7 @@ class MultiHeadAttention(nn.Module):
             kf = kf / kf.norm(dim=-1, keepdim=True).clamp_min(_SCO_EPS)
         terms = PosTerms()
         if self._relative():
-            terms = self.pos.terms(relative_offsets(lq, lk, q_offset, q.device))
+            terms = self.pos.relative_terms(lq, lk, q_offset, q.device)
         if key_index is None:
             scores = qf @ kf.transpose(-1, -2) if terms.channel is None else \
                 _channel_scores_chunked(qf, kf, terms.channel.float())
@@ -338,7 +382,7 @@ class MultiHeadAttention(nn.Module):
         if backend == AttnBackend.eager:
             terms = PosTerms()
             if self._relative():
-                terms = self.pos.terms(relative_offsets(q.shape[2], k.shape[2], q_offset, q.device))
+                terms = self.pos.relative_terms(q.shape[2], k.shape[2], q_offset, q.device)
             value_coef = value_channel = None
             if self.pcmv:
                 value_coef = terms.coef
@@ -368,7 +412,7 @@ class MultiHeadAttention(nn.Module):
         mask = _mask(key_padding_mask, self.causal, q.shape[2], k.shape[2], q_offset, q.device)
         bias = None
         if self._relative():
-            bias = self.pos.terms(relative_offsets(q.shape[2], k.shape[2], q_offset, q.device)).bias
+            bias = self.pos.relative_terms(q.shape[2], k.shape[2], q_offset, q.device).bias
         attn_mask = None
         if bias is not None:
             attn_mask = bias.to(q.dtype)[None]
@@ -378,83 +422,118 @@ class MultiHeadAttention(nn.Module):
             attn_mask = ~mask
         scale = None
         if self.sco:
-            k = k / k.float().norm(dim=-1, keepdim=True).clamp_min(_SCO_EPS).to(k.dtype)
-            scale = 1.0
+            k, scale = _sco_keys(k), 1.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
 
     def _flex(self, q, k, v, key_padding_mask, q_offset):
         """flex_attention with a score_mod that reads the mode's O(H*L) table by relative offset:
-        ``score * C + B``, masked keys to -inf. PCM-V by the log-sum-exp identity (notes, 1.9):
+        ``score * C + B``, masked keys to -inf. PCM-V by the log-sum-exp identity:
         with ``lse`` of the logits and ``lse'`` of the logits plus ``log V``, the output is
-        ``O' * exp(lse' - lse)`` where ``O'`` is the attention output with the primed logits."""
+        ``O' * exp(lse' - lse)`` where ``O'`` is the attention output with the primed logits; the
+        second pass only needs ``lse``, so it runs on the first ``FLEX_MIN_HEAD_DIM`` value channels.
+
+        The score_mod has the same shape on every call (see :func:`_flex_call`): every table is
+        present (ones/zeros when a mode lacks it; the 1/sqrt(d) scale folded into ``C``), and the
+        offset shift, the query offset, the padding and the causal flag are device tensors made
+        without a host copy, so the compiled kernel is not specialised per length, step or layer."""
         if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
             raise RuntimeError(
                 f"model.attn_backend=flex: flex_attention in torch {torch.__version__} has no backward on CPU; "
                 "train on CPU with model.attn_backend=auto (eager/sdpa), use flex there for inference only"
             )
-        lq, lk = q.shape[2], k.shape[2]
-        lo = -(q_offset + lq - 1)
-        tab = self.pos.table(torch.arange(lo, lk, device=q.device)) if self._relative() else PosTable()
-        coef = None if tab.log_coef is None else tab.log_coef.exp().float()
-        bias = None if tab.bias is None else tab.bias.float()
+        b, lq, lk, device = q.shape[0], q.shape[2], k.shape[2], q.device
+        span = offset_range(lq, lk, q_offset)
+        tab = self.pos.table(torch.arange(span.start, span.stop, device=device)) if self._relative() else PosTable()
+        scale = 1.0 if self.sco else 1.0 / math.sqrt(q.shape[-1])
+        # separate contiguous [H, R] fp32 tables on every call (dynamo guards on strides and aliasing)
+        coef = torch.full((self.n_heads, len(span)), scale, device=device) if tab.log_coef is None else \
+            _dense(tab.log_coef.float().exp() * scale)
+        bias = torch.zeros_like(coef) if tab.bias is None else _dense(tab.bias.float())
         value_log = None
         if self.pcmv:
             parts = [t.float() for t in (tab.log_coef, tab.bias) if t is not None]
-            value_log = parts[0] if len(parts) == 1 else parts[0] + parts[1]
-        pad = key_padding_mask
-        # table index of the offset kv - (q + q_offset) is kv - q - shift; both integers are
-        # captured as tensors so a compiled kernel is not specialised (recompiled) per length/step
-        shift = torch.tensor(q_offset + lo, device=q.device)
-        causal, q_off = self.causal, torch.tensor(q_offset, device=q.device)
+            value_log = sum(parts, torch.zeros_like(coef))  # a tensor of its own (dynamo guards on aliasing)
+        pad = torch.zeros(b, lk, dtype=torch.bool, device=device) if key_padding_mask is None else \
+            _dense(key_padding_mask)
+        # the table index of offset ki - (qi + q_offset) is ki - qi - shift
+        shift = torch.full((), span.start + q_offset, dtype=torch.long, device=device)
+        q_off = torch.full((), q_offset, dtype=torch.long, device=device)
+        causal = torch.full((), self.causal, dtype=torch.bool, device=device)
         neg_inf = float("-inf")
 
         def make_score_mod(extra):
             def score_mod(score, b, h, qi, ki):
                 j = ki - qi - shift
-                if coef is not None:
-                    score = score * coef[h, j]
-                if bias is not None:
-                    score = score + bias[h, j]
-                if extra is not None:
-                    score = score + extra[h, j]
-                if pad is not None:
-                    score = torch.where(pad[b, ki], neg_inf, score)
-                if causal:
-                    score = torch.where(ki > qi + q_off, neg_inf, score)
-                return score
+                score = score * coef[h, j] + bias[h, j] + extra[h, j]
+                masked = pad[b, ki] | (causal & (ki > qi + q_off))
+                return torch.where(masked, neg_inf, score)
             return score_mod
 
-        scale = None
         if self.sco:
-            k = k / k.float().norm(dim=-1, keepdim=True).clamp_min(_SCO_EPS).to(k.dtype)
-            scale = 1.0
+            k = _sco_keys(k)
+        out, lse_p = _flex_call(q, k, v, make_score_mod(torch.zeros_like(coef) if value_log is None else value_log))
         if value_log is None:
-            return _flex_call(q, k, v, make_score_mod(None), scale)
-        out_p, lse_p = _flex_call(q, k, v, make_score_mod(value_log), scale, lse=True)
-        _, lse = _flex_call(q, k, v, make_score_mod(None), scale, lse=True)
-        return (out_p.float() * torch.exp(lse_p.float() - lse.float())[..., None]).to(v.dtype)
+            return out
+        _, lse = _flex_call(q, k, v[..., :FLEX_MIN_HEAD_DIM], make_score_mod(torch.zeros_like(coef)))
+        return (out.float() * torch.exp(lse_p.float() - lse.float())[..., None]).to(v.dtype)
 
 
-_COMPILED_FLEX = None
+def _sco_keys(k: torch.Tensor) -> torch.Tensor:
+    """SCO's keys for the fused paths: ``k / ||k||`` (norm in fp32), in ``k``'s dtype."""
+    return k / k.float().norm(dim=-1, keepdim=True).clamp_min(_SCO_EPS).to(k.dtype)
 
 
-def _flex_call(q, k, v, score_mod, scale, lse: bool = False):
-    """flex_attention, compiled on CUDA (the fused kernel) and run as PyTorch's reference
-    implementation on CPU (forward only in torch 2.13)."""
-    global _COMPILED_FLEX
+#: torch.compile backend of flex_attention per device type: CUDA compiles the fused kernel; a
+#: device without an entry runs PyTorch's unfused reference (on CPU: forward only, torch 2.13).
+#: The tests add ``"cpu": "eager"`` to count dynamo's recompiles of our score_mod without a GPU.
+FLEX_COMPILE: Dict[str, str] = {"cuda": "inductor"}
+#: dynamo's recompile limit while flex_attention compiles (its default, 8, is process-wide): the
+#: variants are few but more than one per grad mode (a single decoding query or key is
+#: specialised, self- and cross-attention lengths differ, dtypes); tests show how many
+FLEX_RECOMPILE_LIMIT = 64
+_COMPILED: Dict[str, Callable] = {}
+
+
+def _flex_call(q, k, v, score_mod):
+    """``(output, lse)`` of flex_attention (scale 1: :meth:`MultiHeadAttention._flex` folds it
+    into the score_mod). One compiled function serves every call: the score_mod's closure has one
+    shape (dense tensors only), so dynamo's guards differ only by grad mode, dtype and a decoding
+    step's single query or key (3 variants without grad, tested), far below the recompile limit;
+    past that limit it would silently run the unfused reference, which
+    materialises ``[B, H, Lq, Lk]``, so its warning is never filtered here (tests and
+    ``benchmarks/attention.py`` set ``torch._dynamo.config.fail_on_recompile_limit_hit``)."""
     from torch.nn.attention import flex_attention as fa
 
-    fn = fa.flex_attention
-    if q.device.type == "cuda":
-        if _COMPILED_FLEX is None:
-            _COMPILED_FLEX = torch.compile(fa.flex_attention, dynamic=True)
-        fn = _COMPILED_FLEX
-    with warnings.catch_warnings():
-        # on CPU the unfused reference is what we ask for (its warning says to compile)
-        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        if not lse:
-            return fn(q, k, v, score_mod=score_mod, scale=scale)
-        if hasattr(fa, "AuxRequest"):
-            out, aux = fn(q, k, v, score_mod=score_mod, scale=scale, return_aux=fa.AuxRequest(lse=True))
-            return out, aux.lse
-        return fn(q, k, v, score_mod=score_mod, scale=scale, return_lse=True)
+    backend = FLEX_COMPILE.get(q.device.type)
+    if backend is None:
+        with warnings.catch_warnings():
+            # the unfused reference is what we ask for here (its warning says to compile)
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return _flex_with_lse(fa, fa.flex_attention, q, k, v, score_mod)
+    import torch._dynamo
+    import torch.fx.experimental._config as fx_config
+
+    if backend not in _COMPILED:
+        _COMPILED[backend] = torch.compile(fa.flex_attention, dynamic=True, backend=backend)
+    q, k, v = (_dense(t) for t in (q, k, v))
+    # no duck sizing: self-attention's equal query and key lengths are not a variant of their own
+    with torch._dynamo.config.patch(recompile_limit=max(FLEX_RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)), \
+            fx_config.patch(use_duck_shape=False):
+        return _flex_with_lse(fa, _COMPILED[backend], q, k, v, score_mod)
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with row-major strides, also for its size-1 dims (a decoding step's single query):
+    dynamo guards on exact strides, which ``contiguous()`` leaves alone there."""
+    strides, step = [], 1
+    for size in reversed(t.shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return t if t.stride() == tuple(reversed(strides)) else t.clone(memory_format=torch.contiguous_format)
+
+
+def _flex_with_lse(fa, fn, q, k, v, score_mod):
+    if hasattr(fa, "AuxRequest"):
+        out, aux = fn(q, k, v, score_mod=score_mod, scale=1.0, return_aux=fa.AuxRequest(lse=True))
+        return out, aux.lse
+    return fn(q, k, v, score_mod=score_mod, scale=1.0, return_lse=True)

@@ -13,8 +13,11 @@ samples; at least 2 per row). Two kinds:
 Runs whose subword segmentations differ (another sentencepiece version trains another model)
 have no common token-level metric, so such a pair gets **not comparable** instead of a verdict.
 
-The paired bootstrap of test BLEU between the two rows is reported beside it (secondary: the
-verdict uses the paper's metric). The learning-curve claim (Fig. 5: a power law describes the
+The paired bootstrap of test BLEU between the two rows (over test sentences, BLEU averaged over
+seeds) gets a verdict of its own by the same rules on its 95% interval (``par``: within
+``±BLEU_PAR_MARGIN``); the report shows both verdicts where they differ. For a claim whose
+accuracy verdict is inconclusive, :func:`seeds_needed` gives the seeds per row that would decide
+the paper's effect size at this scale, from the measured between-seed spread. The learning-curve claim (Fig. 5: a power law describes the
 curve) is judged on the mean curve of our best row (among rows with at least 2 seeds) by AIC:
 **reproduced** when the power law's AIC is lower by more than 2, **not reproduced** when the
 exponential's is, else inconclusive. Every row with a finished run also gets both fits and its
@@ -28,10 +31,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .analysis.curves import ACCURACY_MAX, MAX_CEILING_CI_WIDTH, fit_learning_curve
 from .tables import PAPER_ROWS, Table
 
 PAR_MARGIN = 0.5  # validation-accuracy points within which two rows count as "on par"
+BLEU_PAR_MARGIN = 0.5  # test-BLEU points within which two rows count as "on par"
 AIC_MARGIN = 2.0
+POWER = 0.8  # the probability of a decisive interval that seeds_needed aims for
+MAX_SEEDS = 1000  # seeds_needed reports "> MAX_SEEDS" beyond this
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,41 @@ def welch_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Dic
     return out
 
 
+def seeds_needed(a: Sequence[float], b: Sequence[float], effect: float, kind: str,
+                 margin: float = PAR_MARGIN, power: float = POWER) -> Optional[int]:
+    """Seeds per row for which the 95% Welch interval of ``mean(a) − mean(b)`` decides the claim
+    with probability ``power`` if the true difference is the paper's ``effect`` and the seeds
+    spread as measured (sample SDs of ``a`` and ``b``): the standard normal-theory sample size
+    for Welch's two-sample t test, iterated with t quantiles at the Welch degrees of freedom,
+    ``n = (t_{0.975} + t_{power})² (s_a² + s_b²) / δ²``, where ``δ = effect`` for ``better`` (the
+    interval excludes 0) and ``δ = margin − |effect|`` for ``par`` (two one-sided tests: the
+    interval inside ``±margin``). None when a row has < 2 seeds; ``MAX_SEEDS + 1`` when the
+    effect cannot be decided (``better`` with effect <= 0, ``par`` with |effect| >= margin)."""
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(x) < 2 or len(y) < 2:
+        return None
+    var = float(x.var(ddof=1) + y.var(ddof=1))
+    delta = effect if kind == "better" else margin - abs(effect)
+    if delta <= 0:
+        return MAX_SEEDS + 1
+    if var == 0:
+        return 2
+    fourth = float(x.var(ddof=1) ** 2 + y.var(ddof=1) ** 2)
+    n = max(2, math.ceil((stats.norm.ppf(0.975) + stats.norm.ppf(power)) ** 2 * var / delta ** 2))  # normal start
+    if n > MAX_SEEDS:
+        return MAX_SEEDS + 1
+    for _ in range(100):
+        dof = max(var ** 2 * (n - 1) / fourth, 1.0)
+        need = (stats.t.ppf(0.975, dof) + stats.t.ppf(power, dof)) ** 2 * var / delta ** 2
+        new = max(2, math.ceil(need))
+        if new == n or new > MAX_SEEDS:
+            return min(new, MAX_SEEDS + 1)
+        n = new
+    return n
+
+
 def verdict(kind: str, ci_low: Optional[float], ci_high: Optional[float], margin: float = PAR_MARGIN) -> str:
     if ci_low is None or ci_high is None:
         return "inconclusive (fewer than 2 seeds)"
@@ -120,14 +162,18 @@ def evaluate_claims(runs: List[Any], experiment: Optional[str] = None, n_bootstr
         ci = welch_ci(acc[claim.row], acc[claim.versus])
         entry = {"key": claim.key, "text": claim.text, "row": claim.row, "versus": claim.versus, "kind": claim.kind,
                  "paper_delta": claim.paper_delta, **ci, "bootstrap": None,
-                 "verdict": verdict(claim.kind, ci["ci_low"], ci["ci_high"])}
+                 "verdict": verdict(claim.kind, ci["ci_low"], ci["ci_high"]), "bleu_verdict": None,
+                 "seeds_needed": None}
         if not acc[claim.row] or not acc[claim.versus]:
             entry["verdict"] = "no runs yet"
         elif report._segmentation_warning(by_row[claim.row] + by_row[claim.versus]):
             entry["verdict"] = "not comparable: mixed subword models"
         a, b = report._test_statistics(by_row[claim.row]), report._test_statistics(by_row[claim.versus])
         if a and b and a[0].shape[0] == b[0].shape[0]:
-            entry["bootstrap"] = report.paired_bootstrap(a, b, n_samples=n_bootstrap)
+            entry["bootstrap"] = bs = report.paired_bootstrap(a, b, n_samples=n_bootstrap)
+            entry["bleu_verdict"] = verdict(claim.kind, bs["ci_low"], bs["ci_high"], BLEU_PAR_MARGIN)
+        if entry["verdict"] == "inconclusive":
+            entry["seeds_needed"] = seeds_needed(acc[claim.row], acc[claim.versus], claim.paper_delta, claim.kind)
         results.append(entry)
     return {"experiment": experiment, "claims": results,
             "warnings": report._segmentation_warning([r for rs in by_row.values() for r in rs]),
@@ -144,10 +190,9 @@ def _mean_curve(runs: List[Any]) -> Tuple[List[int], List[float]]:
 
 
 def _fits(epochs: List[int], mean: List[float]) -> Dict[str, Dict[str, Any]]:
-    from .analysis.curves import fit_learning_curve
-
-    return {form: {"ceiling": f.ceiling, "ceiling_ci": list(f.ceiling_ci), "r2": f.r2, "aic": f.aic}
-            for form, f in fit_learning_curve(epochs, mean).items()}
+    return {form: {"ceiling": f.ceiling, "ceiling_ci": list(f.ceiling_ci), "r2": f.r2, "aic": f.aic,
+                   "identifiable": f.identifiable, "ceiling_text": f.ceiling_text()}
+            for form, f in fit_learning_curve(epochs, mean, upper=ACCURACY_MAX).items()}
 
 
 def curve_claim(by_row: Dict[str, List[Any]]) -> Dict[str, Any]:
@@ -191,15 +236,21 @@ def _analysis(run_dir: str, name: str) -> Optional[Dict[str, Any]]:
 
 
 def attention_evidence(by_row: Dict[str, List[Any]]) -> Dict[str, Any]:
-    """Decay fits (``analyze decay``) and head scores (``analyze heads``) of the analysed rows, read
+    """Decay fits and head scores (``analyze decay`` / ``analyze heads``) of the analysed rows, read
     from ``<run>/analysis/{decay,heads}.json`` of their finished runs, and the verdict on §6's claim
-    that attention decays with distance as a power law rather than exponentially: over all
-    (model, module, head, side) profiles, the share where the power law predicts the far half
-    better, with a two-sided binomial test against 1/2 (**reproduced** when the share is above 1/2
-    at p < 0.05, **not reproduced** when below, else inconclusive)."""
+    that attention decays with distance as a power law rather than exponentially. The stored
+    profiles are refitted with :mod:`agf_exp.analysis.decay`'s current rules, and every (model,
+    module, head, side) profile counts for the power law, the exponential or neither
+    (:func:`~agf_exp.analysis.decay.judge`: a form counts only where it predicts the held-out far
+    half better than its mean and better than the other). Verdict, with a two-sided binomial test
+    against 1/2 over all profiles: **reproduced** when the power law describes more than half of
+    them (p < 0.05), **not reproduced** when the exponential does, **neither** when most profiles'
+    tail is described by neither form, else **inconclusive**."""
     from scipy import stats
 
-    models, n_power, n_total = [], 0, 0
+    from .analysis import decay as decay_fits
+
+    models, counts = [], {"power": 0, "exponential": 0, "neither": 0, "degenerate": 0}
     for row in ANALYSED_ROWS:
         for run in by_row.get(row, []):
             decay, heads = _analysis(run.path, "decay"), _analysis(run.path, "heads")
@@ -207,12 +258,15 @@ def attention_evidence(by_row: Dict[str, List[Any]]) -> Dict[str, Any]:
                 continue
             entry: Dict[str, Any] = {"row": row, "seed": run.seed, "run": run.path}
             if decay is not None:
-                fits = decay["fits"]
-                power = sum(f["better"] == "power" for f in fits)
-                n_power, n_total = n_power + power, n_total + len(fits)
-                entry["decay"] = {"profiles": len(fits), "power_better": power,
-                                  "median_r2_power": float(np.median([f["power"]["r2"] for f in fits])) if fits else None,
-                                  "median_r2_exponential": float(np.median([f["exponential"]["r2"] for f in fits]))
+                fits = decay_fits.fit_profiles(decay_fits.profiles_from_json(decay["profiles"]))
+                mine = {form: sum(f.better == form for f in fits) for form in ("power", "exponential", "neither")}
+                mine["degenerate"] = sum(bool(f.power["degenerate"]) for f in fits)
+                for key, value in mine.items():
+                    counts[key] += value
+                entry["decay"] = {"profiles": len(fits), **mine,
+                                  "median_r2_tail_power": float(np.median([f.pure_power["r2_tail"] for f in fits]))
+                                  if fits else None,
+                                  "median_r2_tail_exponential": float(np.median([f.exponential["r2_tail"] for f in fits]))
                                   if fits else None}
             if heads is not None:
                 by_type: Dict[str, Dict[str, Any]] = {}
@@ -227,13 +281,15 @@ def attention_evidence(by_row: Dict[str, List[Any]]) -> Dict[str, Any]:
                     t["eta_pos"], t["eta_sym"] = float(np.nanmean(t["eta_pos"])), float(np.nanmean(t["eta_sym"]))
                 entry["heads"] = by_type
             models.append(entry)
-    out: Dict[str, Any] = {"models": models, "power_better": n_power, "profiles": n_total, "p": None}
+    n_total = counts["power"] + counts["exponential"] + counts["neither"]
+    out: Dict[str, Any] = {"models": models, **counts, "profiles": n_total, "p": None}
     if n_total == 0:
         out["verdict"] = "no analysis yet (run `python -m agf_exp.analyze decay` on the runs)"
         return out
-    out["p"] = float(stats.binomtest(n_power, n_total, 0.5).pvalue)
-    if out["p"] < 0.05:
-        out["verdict"] = "reproduced" if n_power > n_total / 2 else "not reproduced"
+    leader = max(("power", "exponential", "neither"), key=lambda form: counts[form])
+    out["p"] = float(stats.binomtest(counts[leader], n_total, 0.5).pvalue)
+    if counts[leader] > n_total / 2 and out["p"] < 0.05:
+        out["verdict"] = {"power": "reproduced", "exponential": "not reproduced", "neither": "neither"}[leader]
     else:
         out["verdict"] = "inconclusive"
     return out
@@ -245,16 +301,25 @@ def to_markdown(result: Dict[str, Any]) -> str:
 
     out = ["## The paper's claims at this scale", "",
            f"Δ = final validation accuracy of the row minus the other (mean over seeds, 95% Welch interval); "
-           f"\"on par\" means within ±{result['par_margin']} points. ΔBLEU: paired bootstrap on the test set. "
+           f"\"on par\" means within ±{result['par_margin']} points. ΔBLEU: paired bootstrap on the test set "
+           f"(\"on par\": within ±{BLEU_PAR_MARGIN:g} BLEU). The verdict is on validation accuracy (the paper's "
+           "metric); where test BLEU's verdict differs, both are given. Seeds to decide: seeds per row for which the "
+           f"95% interval would decide the paper's Δ with probability {POWER:g}, given the measured spread of the "
+           "seeds (Welch two-sample sample size; `seeds_needed`), for claims still inconclusive. "
            "Verdict rules: `agf_exp/claims.py`.", "",
-           "| claim | rows | paper Δ | our Δ [95% CI] | seeds | ΔBLEU [95% CI], p | verdict |",
-           "|---|---|---|---|---|---|---|"]
+           "| claim | rows | paper Δ | our Δ [95% CI] | seeds | ΔBLEU [95% CI], p | verdict | seeds to decide |",
+           "|---|---|---|---|---|---|---|---|"]
     for c in result["claims"]:
         ci = "" if c["ci_low"] is None else f" [{f(c['ci_low'])}, {f(c['ci_high'])}]"
         bs = c["bootstrap"]
         bleu = "–" if bs is None else f"{f(bs['diff'])} [{f(bs['ci_low'])}, {f(bs['ci_high'])}], p={bs['p']:.3f}"
+        verdicts = f"**{c['verdict']}**"
+        if c.get("bleu_verdict") and c["bleu_verdict"] != c["verdict"] and not c["verdict"].startswith(("no ", "not comp")):
+            verdicts = f"val acc: **{c['verdict']}**; test BLEU: **{c['bleu_verdict']}**"
+        need = c.get("seeds_needed")
+        need = "–" if need is None else (f"> {MAX_SEEDS}" if need > MAX_SEEDS else str(need))
         out.append(f"| {c['text']} | `{c['row']}` − `{c['versus']}` | {c['paper_delta']:+.4f} | {f(c['diff'])}{ci} | "
-                   f"{c['n'][0]}+{c['n'][1]} | {bleu} | **{c['verdict']}** |")
+                   f"{c['n'][0]}+{c['n'][1]} | {bleu} | {verdicts} | {need} |")
     for warning in result.get("warnings", []):
         out += ["", f"**Caution:** {warning}"]
     cv = result["curve"]
@@ -262,39 +327,49 @@ def to_markdown(result: Dict[str, Any]) -> str:
     if cv["fits"]:
         p, e = cv["fits"]["power"], cv["fits"]["exponential"]
         out[-1] += (f"on `{cv['row']}` (our best row, mean of its seeds, epochs {cv['epochs'][0]}–{cv['epochs'][-1]}) "
-                    f"the power law has ceiling {p['ceiling']:.2f}, R² {p['r2']:.4f}, AIC {p['aic']:.1f}; the "
-                    f"exponential ceiling {e['ceiling']:.2f}, R² {e['r2']:.4f}, AIC {e['aic']:.1f}: "
+                    f"power law: ceiling {p['ceiling_text']}, R² {p['r2']:.4f}, AIC {p['aic']:.1f}; "
+                    f"exponential: ceiling {e['ceiling_text']}, R² {e['r2']:.4f}, AIC {e['aic']:.1f}: "
                     f"**{cv['verdict']}** (rule: reproduced when the power law's AIC is lower by more than "
                     f"{AIC_MARGIN:g}, not reproduced when the exponential's is, else inconclusive).")
     else:
         out[-1] += f"**{cv['verdict']}**."
     if cv.get("rows"):
         out += ["", "Learning-curve fits of every row (mean per-epoch val acc over its seeds; `a - b·x^(-c)` "
-                    "and `a - b·exp(-c·x)`, ceiling `a` with its 95% interval):", "",
+                    f"and `a - b·exp(-c·x)` with the ceiling `a` <= {ACCURACY_MAX:g}, given with its 95% interval "
+                    f"unless that is wider than {MAX_CEILING_CI_WIDTH:g} points or the fit sits on the bound):", "",
                 "| row | seeds | epochs | last val acc | power-law ceiling [95% CI] | R² power | "
-                "exponential ceiling | AIC power / exp |", "|---|---|---|---|---|---|---|---|"]
+                "exponential ceiling [95% CI] | AIC power / exp |", "|---|---|---|---|---|---|---|---|"]
         for r in cv["rows"]:
             p, e = r["fits"]["power"], r["fits"]["exponential"]
             out.append(f"| `{r['row']}` | {r['n']} | {r['epochs'][0]}–{r['epochs'][-1]} | {r['last']:.2f} | "
-                       f"{p['ceiling']:.2f} [{p['ceiling_ci'][0]:.2f}, {p['ceiling_ci'][1]:.2f}] | {p['r2']:.4f} | "
-                       f"{e['ceiling']:.2f} | {p['aic']:.1f} / {e['aic']:.1f} |")
+                       f"{p['ceiling_text']} | {p['r2']:.4f} | "
+                       f"{e['ceiling_text']} | {p['aic']:.1f} / {e['aic']:.1f} |")
     att = result.get("attention") or {"models": [], "verdict": "no analysis yet"}
-    out += ["", "Attention decay (§6: power law rather than exponential; `analyze decay`, fitted on the near half "
-                "of the distances, judged on the far half): "]
+    out += ["", "Attention decay (§6: power law rather than exponential; `analyze decay`; each form fitted on "
+                "the near half of the distances, judged on the far half, where a profile counts for a form only "
+                "when the form predicts the far half better than its mean (held-out R² > 0) and better than the "
+                "other; the power law is `G·d^-k`, AGF's `G/(1+d/r)^k` is reported beside it): "]
     if att.get("profiles"):
-        out[-1] += (f"the power law is better on {att['power_better']} of {att['profiles']} profiles "
-                    f"(binomial p = {att['p']:.2g}): **{att['verdict']}**.")
+        out[-1] += (f"of {att['profiles']} profiles the far half is described by the power law in {att['power']}, "
+                    f"by the exponential in {att['exponential']}, by neither in {att['neither']} (binomial p = "
+                    f"{att['p']:.2g} for the largest count against 1/2): **{att['verdict']}**. AGF's form is degenerate "
+                    f"(a parameter on its bound; r at its lower bound turns it into a pure power law and leaves r "
+                    f"unidentified) in {att['degenerate']} profiles. "
+                    "Caveat: the mean weight at distance d mixes sentence lengths (only rows longer than d reach it, "
+                    "each renormalised over its own keys), so part of any decay is the length mix of the split.")
     else:
         out[-1] += f"**{att['verdict']}**."
     if att["models"]:
-        out += ["", "| model | seed | decay: power better / profiles | median R² power / exp | "
+        out += ["", "| model | seed | decay: power / exponential / neither of profiles (AGF degenerate) | "
+                    "median far-half R² power / exp | "
                     "heads positional / symbolic / mixed (enc, dec, cross) | mean η_pos / η_sym (enc, dec, cross) |",
                 "|---|---|---|---|---|---|"]
         for m in att["models"]:
             d, h = m.get("decay"), m.get("heads") or {}
-            decay = "–" if d is None else f"{d['power_better']} / {d['profiles']}"
-            r2 = "–" if d is None or d["median_r2_power"] is None else \
-                f"{d['median_r2_power']:.2f} / {d['median_r2_exponential']:.2f}"
+            decay = "–" if d is None else \
+                f"{d['power']} / {d['exponential']} / {d['neither']} of {d['profiles']} ({d['degenerate']})"
+            r2 = "–" if d is None or d["median_r2_tail_power"] is None else \
+                f"{d['median_r2_tail_power']:.2f} / {d['median_r2_tail_exponential']:.2f}"
             kinds = ", ".join(f"{h[t]['positional']}/{h[t]['symbolic']}/{h[t]['mixed']}" if t in h else "–"
                               for t in ("enc", "dec", "cross"))
             etas = ", ".join(f"{h[t]['eta_pos']:.2f}/{h[t]['eta_sym']:.2f}" if t in h else "–"
@@ -319,7 +394,7 @@ def analysis_appendix(result: Dict[str, Any]) -> str:
             scores = [heads.HeadScores(**{k: v for k, v in x.items() if k != "dominant"}) for x in h["heads"]]
             out += ["Positional vs symbolic heads (`analyze heads`):", "", heads.to_markdown(scores, pe=h.get("pe", False))]
         if d is not None:
-            fits = [decay.DecayFit(**x) for x in d["fits"]]
+            fits = decay.fit_profiles(decay.profiles_from_json(d["profiles"]))  # refitted with the current rules
             out += ["Attention by distance (`analyze decay`):", "", decay.to_markdown(fits)]
     return "\n".join(out) + ("\n" if out else "")
 

@@ -74,6 +74,12 @@ class TrainerConfig:
     progress: bool = True  # tqdm bar per epoch
     log_every_steps: int = 50
     max_nonfinite_steps: int = 5  # fp16: skipped overflow steps tolerated in a row before failing
+    # torchrun (DDP): collectives of the training loop fail after dist_timeout_minutes; ranks
+    # waiting for rank 0 alone (data preparation, evaluation, final decoding) wait dist_wait_minutes
+    dist_timeout_minutes: float = 30.0
+    dist_wait_minutes: float = 360.0
+    # one process per run dir (a lock on <run dir>/.lock); false only where the file system has no locks
+    lock_run_dir: bool = True
     # final decoding of the validation and test sets
     decode_splits: List[str] = field(default_factory=lambda: ["valid", "test"])
     decode_strategies: List[str] = field(default_factory=lambda: ["greedy", "beam"])
@@ -159,6 +165,9 @@ def validate(cfg: DictConfig) -> None:
     """Cross-field checks that a schema cannot express. Raises :class:`ConfigError`."""
     from .positional import MODES as modes
 
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be set: pass {missing[0]}=... on the command line")
     _check_no_extra_keys(cfg, "")
     for group in ("pos", "model", "data", "trainer", "logger"):
         _check_no_extra_keys(cfg[group], f"{group}.")
@@ -171,8 +180,13 @@ def validate(cfg: DictConfig) -> None:
         )
     from .attention import AttnBackend, backend_problem
 
+    d_model, n_heads = cfg.model.d_model, cfg.model.n_heads
+    if n_heads < 1 or d_model < 1 or d_model % n_heads:
+        raise ConfigError(f"model.d_model={d_model} is not divisible by model.n_heads={n_heads}: each head "
+                          "gets d_model / n_heads channels; choose e.g. model.d_model="
+                          f"{max(n_heads, 1) * max(1, round(d_model / max(n_heads, 1)))}")
     backend = AttnBackend(cfg.model.attn_backend).value
-    problem = backend_problem(backend, mode, cfg.pcmv)
+    problem = backend_problem(backend, mode, cfg.pcmv, d_model // n_heads)
     if problem:
         raise ConfigError(f"model.attn_backend={backend} cannot run pos={cfg.pos.name} pcmv={cfg.pcmv}: "
                           f"{problem}; use model.attn_backend=auto (the fastest correct path) or eager")
@@ -200,6 +214,28 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.decode_strategies has {strategy!r}; use greedy and/or beam")
     if cfg.trainer.accum_steps < 1 or cfg.trainer.batch_tokens < 1:
         raise ConfigError("trainer.accum_steps and trainer.batch_tokens must be >= 1")
+    _check_trainer_numbers(cfg.trainer)
+
+
+def _check_trainer_numbers(t: DictConfig) -> None:
+    """Values the optimiser or the schedule would reject (or silently misuse) mid-run."""
+    positive = {"lr": t.lr, "adam_eps": t.adam_eps, "eval_batch_tokens": t.eval_batch_tokens,
+                "log_every_steps": t.log_every_steps, "beam_size": t.beam_size,
+                "decode_batch_sentences": t.decode_batch_sentences,
+                "dist_timeout_minutes": t.dist_timeout_minutes, "dist_wait_minutes": t.dist_wait_minutes}
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"trainer.{key}={value} must be > 0")
+    for key in ("warmup_steps", "weight_decay", "clip_grad_norm", "max_epochs"):
+        if t[key] < 0:
+            raise ConfigError(f"trainer.{key}={t[key]} must be >= 0")
+    if not (0.0 <= t.label_smoothing < 1.0):
+        raise ConfigError(f"trainer.label_smoothing={t.label_smoothing} must be in [0, 1)")
+    if len(t.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in t.adam_betas):
+        raise ConfigError(f"trainer.adam_betas={list(t.adam_betas)} must be two numbers in [0, 1), e.g. [0.9,0.98]")
+    for key in ("max_steps", "max_minutes", "eval_every_steps", "save_every_steps"):
+        if t[key] is not None and not t[key] > 0:
+            raise ConfigError(f"trainer.{key}={t[key]} must be > 0 (or null for no limit)")
 
 
 def to_container(cfg: DictConfig) -> dict:

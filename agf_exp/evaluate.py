@@ -79,6 +79,9 @@ def split_pairs(ckpt: Dict[str, Any], split: str, data_overrides: Optional[Dict[
 
 
 def run(cfg: EvaluateConfig) -> Dict[str, Any]:
+    if not Path(cfg.ckpt).is_file():
+        raise FileNotFoundError(f"ckpt={cfg.ckpt} does not exist; pass the path of a .pt file from a run's "
+                                "checkpoints/ folder")
     if (cfg.split is None) == (cfg.input is None):
         raise ValueError("give exactly one of split=train|valid|test or input=<source file>")
     ckpt_path = Path(cfg.ckpt)

@@ -29,7 +29,10 @@ class PreemptionGuard:
     """Context manager: record SIGUSR2/SIGTERM instead of dying mid-update (main thread only;
     elsewhere it does nothing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, immediate: Optional[str] = None) -> None:
+        # immediate="<what>": hand the signal on as soon as it arrives (nothing is left to save
+        # while doing <what>, e.g. the final decoding after last.pt holds the finished training)
+        self.immediate = immediate
         self.signum: Optional[int] = None
         self._frame: Any = None
         self._previous: Dict[int, Any] = {}
@@ -42,6 +45,12 @@ class PreemptionGuard:
         return self
 
     def _record(self, signum: int, frame: Any) -> None:
+        if self.immediate:
+            log.warning("received %s during %s: stopping (last.pt holds the finished training)",
+                        signal.Signals(signum).name, self.immediate)
+            self.signum, self._frame = signum, frame
+            self.hand_on()
+            return
         if self.signum is None:
             log.warning("received %s: saving last.pt after the current update", signal.Signals(signum).name)
         self.signum, self._frame = signum, frame
@@ -67,7 +76,8 @@ class PreemptionGuard:
             handler(signum, frame)  # e.g. submitit: requeue this job, then exit
         elif handler == signal.SIG_DFL:
             name = signal.Signals(signum).name
-            raise Preempted(f"stopped by {name} after saving last.pt; run the same command again to resume")
+            during = f" during {self.immediate}" if self.immediate else ""
+            raise Preempted(f"stopped by {name}{during} after saving last.pt; run the same command again to resume")
         # SIG_IGN: the signal was being ignored before; keep training
 
     def __exit__(self, *exc) -> None:

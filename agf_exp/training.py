@@ -35,7 +35,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -52,7 +52,8 @@ from .evaluation import autocast, evaluate_split, score_translations, smoothed_l
 from .loggers import NullLogger, build_logger
 from .model import ModelConfig, Seq2SeqTransformer
 from .positional import MODES
-from .preemption import PreemptionGuard
+from .preemption import Preempted, PreemptionGuard
+from .runlock import RunDirLock, RunDirLocked
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,20 @@ class TrainState:
     train_tokens: int = 0
     metric_lines: int = 0
     wandb_id: Optional[str] = None
+    # the training-loss window since the last evaluation (saved, so a resumed run logs the
+    # train_loss and tokens/s of the interrupted window as the uninterrupted run does)
+    window_loss: float = 0.0
+    window_tokens: int = 0
+    window_seconds: float = 0.0
+
+    def reset_window(self) -> None:
+        self.window_loss, self.window_tokens, self.window_seconds = 0.0, 0, 0.0
+
+    def window_metrics(self) -> tuple:
+        """(train loss per target token, target tokens/s) of the window; None where it is empty."""
+        loss = self.window_loss / self.window_tokens if self.window_tokens else None
+        tps = self.window_tokens / self.window_seconds if self.window_seconds else None
+        return loss, tps
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,19 +101,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state(device: torch.device) -> Dict[str, Any]:
+    """Every RNG a run draws from; on CUDA only the training device's generator (a resumed job may
+    see another number of GPUs: one state per visible device would not restore there)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
+    """Restore :func:`rng_state` (tensors as loaded on the CPU). Older checkpoints hold a list of
+    every visible device's CUDA state: the training device's entry is taken from it."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and device.type == "cuda":
+        if isinstance(cuda, (list, tuple)):
+            cuda = cuda[min(device.index or 0, len(cuda) - 1)]
+        torch.cuda.set_rng_state(cuda.cpu(), device)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -167,9 +189,6 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.config = to_container(cfg)
-        if self.dist.main:  # rank 0 owns the run dir
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.config)).encode())
         if self.tcfg.num_threads:
             torch.set_num_threads(self.tcfg.num_threads)
         self.device = resolve_device(self.tcfg.device.value)
@@ -181,10 +200,10 @@ class Trainer:
         self.amp_dtype = resolve_precision(self.tcfg.precision, self.device)
         seed_everything(cfg.seed)
         if not self.dist.main:
-            self.dist.barrier()  # rank 0 trains the tokenizer and builds any binarised cache first
+            self.dist.wait_for_main()  # rank 0 trains the tokenizer and builds any binarised cache first
         self.data: DataBundle = prepare_data(cfg.data, cfg.seed)
         if self.dist.main:
-            self.dist.barrier()
+            self.dist.wait_for_main()
         tok = self.data.tokenizer
         self.model = build_model(cfg, tok.vocab_size, tok.pad_id).to(self.device)
         # what the training step calls: the model itself, or its DistributedDataParallel wrapper
@@ -201,6 +220,13 @@ class Trainer:
         self.logger = None
         self._session_start, self._wall_before = time.perf_counter(), 0.0
         self._seed_rank()
+
+    def record_start(self) -> None:
+        """The run starts (or resumes): rank 0 writes its resolved ``config.yaml``. Nothing in the
+        run dir is written before this, so a start refused earlier leaves it as it was."""
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.config)).encode())
 
     def _seed_rank(self) -> None:
         """Distinct dropout streams per rank, derived from (seed, rank, step) so a resumed run with
@@ -223,7 +249,8 @@ class Trainer:
             "state": asdict(self.state),
         }
         if full:
-            payload.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(), rng=rng_state())
+            payload.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                           rng=rng_state(self.device))
         return payload
 
     def save_last(self) -> None:
@@ -234,7 +261,9 @@ class Trainer:
         path = self.ckpt_dir / "last.pt"
         if not (self.tcfg.resume and path.is_file()):
             return False
-        ckpt = checkpoint.load(path, map_location=self.device)
+        # on the CPU: the RNG states must stay CPU ByteTensors, and load_state_dict moves the
+        # model's and the optimizer's tensors to their parameters' device itself
+        ckpt = checkpoint.load(path, map_location="cpu")
         if ckpt.get("tokenizer") not in (None, self.data.tokenizer.model_proto):
             # another sentencepiece version (or data) gives other token ids: the weights would not fit
             saved = self.ckpt_dir / "subwords.model"
@@ -245,8 +274,8 @@ class Trainer:
                               f"data.subword_file={saved}")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        self._load_scaler(ckpt["scaler"])
+        set_rng_state(ckpt["rng"], self.device)
         self.state = TrainState(**ckpt["state"])
         self._wall_before = self.state.wall_seconds
         changed = _diff(ckpt["config"], self.config)
@@ -261,6 +290,16 @@ class Trainer:
         log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.state.epoch,
                  self.state.batch_in_epoch, self.state.step)
         return True
+
+    def _load_scaler(self, saved: Dict[str, Any]) -> None:
+        """The GradScaler's state, when the checkpoint has one to give: a run saved without fp16
+        (bf16 on one node, fp32) has an empty state, and resuming it in fp16 (e.g. requeued onto
+        a GPU without bf16) starts a fresh scale instead of failing."""
+        if not saved:
+            if self.scaler.is_enabled():
+                log.info("last.pt has no fp16 loss-scale state (saved without fp16): starting a fresh scale")
+            return
+        self.scaler.load_state_dict(saved)
 
     # ---- training ----------------------------------------------------------------------------
 
@@ -283,7 +322,7 @@ class Trainer:
         """Rank 0 evaluates (and saves best.pt); the other ranks wait for it."""
         if self.dist.main:
             self.evaluate(train_loss, tokens_per_s)
-        self.dist.barrier()
+        self.dist.wait_for_main()
 
     def evaluate(self, train_loss: Optional[float], tokens_per_s: Optional[float]) -> Dict[str, Any]:
         metrics = evaluate_split(self.model, self.data.examples["valid"], batch_tokens=self.tcfg.eval_batch_tokens,
@@ -320,7 +359,6 @@ class Trainer:
         bar = tqdm(total=n_batches, initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}",
                    disable=not (t.progress and self.dist.main), dynamic_ncols=True, leave=False)
         per_update = t.accum_steps * self.dist.world  # batches in one optimizer update, over all ranks
-        window_loss, window_tokens, window_seconds = 0.0, 0, 0.0
         nonfinite = 0
         try:
             while st.batch_in_epoch < n_batches and self._budget_left():
@@ -335,7 +373,7 @@ class Trainer:
                     if self.amp_dtype != torch.float16 or nonfinite > t.max_nonfinite_steps:
                         raise TrainingError(
                             f"the training loss is {loss_sum} at step {st.step + 1} (epoch {st.epoch + 1}); "
-                            f"nothing was updated and {self.ckpt_dir / 'last.pt'} holds the last good state. "
+                            f"nothing was updated and {self._last_good_state()}. "
                             "Lower trainer.lr, keep trainer.clip_grad_norm > 0, raise trainer.warmup_steps, "
                             "or train with trainer.precision=fp32/bf16"
                         )
@@ -344,24 +382,23 @@ class Trainer:
                 st.step += 1
                 st.train_seconds += elapsed
                 st.train_tokens += n_tokens
-                window_loss += loss_sum
-                window_tokens += n_tokens
-                window_seconds += elapsed
-                tps = window_tokens / max(window_seconds, 1e-9)
-                bar.set_postfix(loss=f"{window_loss / max(window_tokens, 1):.3f}", tok_s=f"{tps:.0f}", refresh=False)
+                st.window_loss += loss_sum
+                st.window_tokens += n_tokens
+                st.window_seconds += elapsed
+                train_loss, tps = st.window_metrics()
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps or 0:.0f}", refresh=False)
                 if st.step % t.log_every_steps == 0:
-                    self.logger.log({"train/loss": window_loss / max(window_tokens, 1), "train/lr": self._lr,
+                    self.logger.log({"train/loss": train_loss, "train/lr": self._lr,
                                      "train/tokens_per_s": tps}, step=st.step)
                 if t.eval_every_steps and st.step % t.eval_every_steps == 0 and st.batch_in_epoch < n_batches:
-                    self.evaluate_on_main(window_loss / max(window_tokens, 1), tps)
-                    window_loss, window_tokens, window_seconds = 0.0, 0, 0.0
+                    self.evaluate_on_main(train_loss, tps)
+                    st.reset_window()
                 if t.save_every_steps and st.step % t.save_every_steps == 0:
                     self.save_last()
-                if self._preemption is not None and self._preemption.pending:
+                if self._preempted():
                     log.warning("preempted: saving %s at step %d; the job resumes from it when run again",
                                 self.ckpt_dir / "last.pt", st.step)
-                    self.save_last()
-                    self._preemption.hand_on()
+                    self._stop_for_preemption()
         except KeyboardInterrupt:
             log.warning("interrupted: saving %s at step %d; re-run with the same run dir to resume",
                         self.ckpt_dir / "last.pt", st.step)
@@ -369,7 +406,15 @@ class Trainer:
             raise
         finally:
             bar.close()
-        self._window = (window_loss, window_tokens, window_seconds)
+
+    def _last_good_state(self) -> str:
+        """What a failed run leaves to resume from, in words."""
+        last = self.ckpt_dir / "last.pt"
+        if last.is_file():
+            step = checkpoint.load(last, map_location="cpu")["state"]["step"]
+            return f"{last} holds the last good state (step {step})"
+        return (f"no checkpoint was written yet ({last} is written at each epoch's end and every "
+                "trainer.save_every_steps updates)")
 
     def _update(self, examples, group):
         """One optimizer update over ``group`` (``accum_steps`` × world-size batches; this rank
@@ -418,23 +463,39 @@ class Trainer:
         (see :mod:`agf_exp.preemption`)."""
         with PreemptionGuard() as self._preemption:
             self._fit()
-            if self._preemption.pending:  # arrived during the last evaluation
-                self.save_last()
-                self._preemption.hand_on()
+            if self._preempted():  # arrived during the last evaluation
+                self._stop_for_preemption()
+
+    def _preempted(self) -> bool:
+        """Whether a preemption signal is pending on any rank. Under DDP the ranks agree (one
+        all-reduce) so that they all stop after the same update: a rank leaving alone would
+        leave the others waiting in the next collective."""
+        local = self._preemption is not None and self._preemption.pending
+        return self.dist.any(local, self.device)
+
+    def _stop_for_preemption(self) -> None:
+        """Write last.pt, then hand the signal on (see :mod:`agf_exp.preemption`); a rank that did
+        not receive the signal itself stops with the others."""
+        self.save_last()
+        signalled = self._preemption.pending
+        self._preemption.hand_on()
+        if not signalled:
+            raise Preempted("another rank was stopped by a signal; this rank stopped with it after last.pt "
+                            "was saved; run the same command again to resume")
 
     def _fit(self) -> None:
         t, st = self.tcfg, self.state
         while st.epoch < t.max_epochs and self._budget_left():
             self.train_epoch()
-            loss, tokens, seconds = self._window
-            train_loss = loss / tokens if tokens else None
-            tps = tokens / seconds if seconds else None
+            train_loss, tps = st.window_metrics()
             if st.batch_in_epoch >= len(self._batches):
                 st.epoch += 1
                 st.batch_in_epoch = 0
                 self.evaluate_on_main(train_loss, tps)
-            elif tokens:  # stopped mid-epoch by max_steps / max_minutes
+                st.reset_window()
+            elif st.window_tokens:  # stopped mid-epoch by max_steps / max_minutes
                 self.evaluate_on_main(train_loss, tps)
+                st.reset_window()
             self.save_last()
 
     # ---- final evaluation --------------------------------------------------------------------
@@ -471,7 +532,7 @@ class Trainer:
         t = self.tcfg
         best = self.ckpt_dir / "best.pt"
         if best.is_file():
-            self.model.load_state_dict(checkpoint.load(best, map_location=self.device)["model"])
+            self.model.load_state_dict(checkpoint.load(best, map_location="cpu")["model"])
         results: Dict[str, Any] = {}
         hyp_dir = self.run_dir / "hyps"
         for split in t.decode_splits:
@@ -508,7 +569,8 @@ def _diff(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> list:
 
 
 # keys that do not change what a run computes: a finished run is still "the same run" without them
-_RESULT_NEUTRAL = ("logger", "trainer.progress", "trainer.log_every_steps", "trainer.num_threads", "table")
+_RESULT_NEUTRAL = ("logger", "trainer.progress", "trainer.log_every_steps", "trainer.num_threads", "table",
+                   "trainer.dist_timeout_minutes", "trainer.dist_wait_minutes", "trainer.lock_run_dir")
 # a finished run asked for a longer budget continues from last.pt instead of being refused
 _BUDGET = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_minutes")
 
@@ -593,16 +655,22 @@ def completed_summary(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]
     return summary
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
+def train(cfg: DictConfig, run_dir: str | Path, on_start: Optional[Callable[[Path], None]] = None) -> Dict[str, Any]:
     """Train (or resume) one run in ``run_dir`` and return its summary. A run dir that already
     holds the finished run of this config is not trained again: its summary is returned.
+
+    The run holds ``run_dir``'s lock (:mod:`agf_exp.runlock`) throughout; a start refused before
+    training begins (the dir in use, a finished run of another config, bad data) raises and
+    leaves the dir as it was. ``on_start(run_dir)`` is called (on rank 0) once the start is
+    accepted, before the first update: ``run.py`` writes Hydra's files and the log there.
 
     Under ``torchrun`` every rank calls this; they train together on rank 0's run dir and all
     return rank 0's summary (see :mod:`agf_exp.distributed`)."""
     validate(cfg)
-    dist = init_distributed(str(getattr(cfg.trainer.device, "value", cfg.trainer.device)))
+    dist = init_distributed(str(getattr(cfg.trainer.device, "value", cfg.trainer.device)),
+                            cfg.trainer.dist_timeout_minutes, cfg.trainer.dist_wait_minutes)
     try:
-        summary = _train(cfg, Path(dist.broadcast(str(run_dir))), dist)
+        summary = _locked_train(cfg, Path(dist.broadcast(str(run_dir))), dist, on_start)
         # every rank past its last collective before any tears its gloo group down (once, under
         # a loaded CPU, rank 0 aborted with "terminate called without an active exception" there)
         dist.barrier()
@@ -611,13 +679,42 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
         dist.close()
 
 
-def _train(cfg: DictConfig, run_dir: Path, dist: Dist) -> Dict[str, Any]:
+def _locked_train(cfg: DictConfig, run_dir: Path, dist: Dist, on_start) -> Dict[str, Any]:
+    """:func:`_train` holding the run dir's lock (rank 0; every rank learns of a refusal)."""
+    lock = RunDirLock(run_dir) if dist.main and cfg.trainer.lock_run_dir else None
+    refusal = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except RunDirLocked as e:
+            refusal = str(e)
+    refusal = dist.broadcast(refusal)
+    if refusal:
+        raise RunDirLocked(refusal)
+    started = False
+
+    def start() -> None:
+        nonlocal started
+        started = True
+        if on_start is not None and dist.main:
+            on_start(run_dir)
+
+    try:
+        return _train(cfg, run_dir, dist, start)
+    finally:
+        if lock is not None:
+            lock.release(started=started)
+
+
+def _train(cfg: DictConfig, run_dir: Path, dist: Dist, start: Callable[[], Any]) -> Dict[str, Any]:
     done = completed_summary(cfg, run_dir)
     if done is not None:
         log.info("%s is complete (summary.json); skipping. Delete it to train again.", run_dir)
         return done
     trainer = Trainer(cfg, run_dir, dist)
     trainer.try_resume()
+    trainer.record_start()
+    start()
     st = trainer.state
     params = trainer.model.num_parameters()
     log.info("model: %d parameters (%d positional); device %s, autocast %s%s", params["total"],
@@ -631,6 +728,7 @@ def _train(cfg: DictConfig, run_dir: Path, dist: Dist) -> Dict[str, Any]:
     try:
         trainer.fit()
         summary = _finish(cfg, trainer, params) if dist.main else None
+        dist.wait_for_main()  # the other ranks wait while rank 0 decodes (beam search can be long)
         return dist.broadcast(summary)
     finally:
         trainer.logger.finish()
@@ -639,7 +737,8 @@ def _train(cfg: DictConfig, run_dir: Path, dist: Dist) -> Dict[str, Any]:
 def _finish(cfg: DictConfig, trainer: Trainer, params: Dict[str, int]) -> Dict[str, Any]:
     """Rank 0, after training: decode, draw, write summary.json and the W&B summary."""
     st = trainer.state
-    decoded = trainer.final_decode()
+    with PreemptionGuard(immediate="the final decoding"):  # a rerun resumes at the end and decodes
+        decoded = trainer.final_decode()
     trainer.draw_fields()
     trainer.draw_curves()
     last = {}

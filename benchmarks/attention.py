@@ -129,6 +129,10 @@ def step_case(mode, pcmv, backend, length, batch, device, dtype):
 
 
 def main() -> int:
+    import torch._dynamo
+
+    # past dynamo's recompile limit flex silently runs unfused (an [B, H, L, L] tensor): never time that
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--what", choices=["layer", "step", "both"], default="both")
     parser.add_argument("--modes", nargs="*", default=sorted(MODES))

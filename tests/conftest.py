@@ -7,11 +7,27 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch._dynamo
 from hydra import compose, initialize_config_dir
 
 import agf_exp.config  # noqa: F401  (registers schemas)
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def pytest_configure(config):
+    # flex_attention past dynamo's recompile limit silently runs unfused: make that a failure
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` form the GPU suite (``pytest -m cuda``); without a GPU they are skipped."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (the GPU suite: pytest -m cuda)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -121,12 +121,15 @@ def test_sdpa_matches_eager_for_vanilla(attn_type, sco):
 def test_sdpa_refuses_multiplicative_modes():
     with pytest.raises(ValueError, match="attn_backend=sdpa cannot"):
         MultiHeadAttention(16, 4, AttnType.enc, AGFMConfig(), backend=AttnBackend.sdpa)
-    auto = MultiHeadAttention(16, 4, AttnType.enc, AGFMConfig(), backend=AttnBackend.auto)
+    auto = MultiHeadAttention(32, 2, AttnType.enc, AGFMConfig(), backend=AttnBackend.auto)
     assert auto.resolve_backend(torch.device("cpu")) == AttnBackend.eager
     assert auto.resolve_backend(torch.device("cuda")) == AttnBackend.flex
-    dropping = MultiHeadAttention(16, 4, AttnType.enc, AGFMConfig(), dropout=0.1, backend=AttnBackend.auto)
+    dropping = MultiHeadAttention(32, 2, AttnType.enc, AGFMConfig(), dropout=0.1, backend=AttnBackend.auto)
     assert dropping.resolve_backend(torch.device("cuda")) == AttnBackend.eager  # flex has no attention dropout
     assert dropping.eval().resolve_backend(torch.device("cuda")) == AttnBackend.flex
+    # heads of 4 channels: below the fused flex kernel's minimum (16), so auto falls back
+    small_heads = MultiHeadAttention(16, 4, AttnType.enc, AGFMConfig(), backend=AttnBackend.auto)
+    assert small_heads.resolve_backend(torch.device("cuda")) == AttnBackend.eager
 
 
 def test_pcmv_rejected_for_mode_without_coefficient():
@@ -138,3 +141,25 @@ def test_cross_attention_gets_mode_only_when_asked():
     assert MultiHeadAttention(16, 4, AttnType.cross, AGFMConfig()).pos is None
     cfg = AGFMConfig(apply_to=["enc", "dec", "cross"])
     assert MultiHeadAttention(16, 4, AttnType.cross, cfg).pos is not None
+
+
+def test_logits_and_probabilities_stay_fp32_under_autocast():
+    """Inside a bf16 autocast region the reference path still computes q.k, the positional terms
+    and the softmax in fp32 (autocast would run q.float() @ k.float() in bf16 again)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 7, 16, generator=g) for _ in range(3))
+    coef = torch.rand(2, 7, 7, generator=g) + 0.5
+    ref_out, ref_probs = attention(q, k, v, coef=coef, causal=True, return_probs=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, probs = attention(q, k, v, coef=coef, causal=True, return_probs=True)
+    assert probs.dtype == torch.float32
+    torch.testing.assert_close(probs, ref_probs, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-5)
+
+    mha = MultiHeadAttention(32, 2, AttnType.dec, AGFMConfig(), backend=AttnBackend.eager)
+    qh, kh = torch.randn(2, 2, 7, 16, generator=g), torch.randn(2, 2, 7, 16, generator=g)
+    expected = mha.logits(qh, kh)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = mha.logits(qh, kh)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)

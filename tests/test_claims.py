@@ -112,36 +112,91 @@ def test_every_row_gets_its_learning_curve_fit():
     assert rows["vanilla"]["fits"]["power"]["ceiling"] == pytest.approx(curve["fits"]["power"]["ceiling"] - 2, abs=1e-3)
     assert rows["vanilla"]["fits"]["power"]["aic"] == pytest.approx(curve["fits"]["power"]["aic"], abs=1e-2)
     text = claims.to_markdown({"claims": [], "curve": curve, "attention": None, "par_margin": 0.5})
-    assert "| `vanilla` | 1 | 1–10 | 68.92 | 69.53 [69.41, 69.65] | 0.9998 | 68.67 |" in text
+    assert "| `vanilla` | 1 | 1–10 | 68.92 | 69.53 [69.41, 69.65] | 0.9998 | 68.67 [68.42, 68.92] |" in text
 
 
-def test_attention_evidence_reads_the_analysis_files(tmp_path):
+def _decay_json(kinds) -> dict:
+    """A decay.json whose profiles (one causal head per module, distances 1..40) have known tails:
+    "power" (G·d^-1.2), "exponential" (G·e^(-0.15 d)) or "neither" (falls to d = 20, then rises,
+    so that neither form fitted on the near half predicts the far half better than its mean)."""
+    d = np.arange(40, 0, -1, dtype=float)  # offsets -40..-1, then 0 and the (empty) right side
+    shapes = {"power": 0.3 * d ** -1.2, "exponential": 0.3 * np.exp(-0.15 * d),
+              "neither": np.where(d <= 20, 0.3 / d, 0.015 * (1 + (d - 20) / 5))}
+    profiles = {}
+    for i, kind in enumerate(kinds):
+        mean = np.concatenate([shapes[kind], [0.5], np.zeros(40)])
+        count = np.concatenate([np.full(41, 100.0), np.zeros(40)])
+        profiles[f"decoder.{i}.self_attn"] = {"attn_type": "dec", "offsets": list(range(-40, 41)),
+                                              "count": count.tolist(), "mean": [mean.tolist()]}
+    return {"profiles": profiles, "fits": []}
+
+
+def test_attention_evidence_refits_the_stored_profiles_and_counts_neither(tmp_path):
     import json
 
-    def fit(better):
-        return {"better": better, "power": {"r2": 0.8}, "exponential": {"r2": 0.5}}
-
     runs = {}
-    for row, n_power in (("vanilla", 30), ("agf_m", 34), ("agf_m_pcmv", 33)):
+    layout = {"vanilla": ["power"] * 7 + ["exponential"] * 1 + ["neither"] * 4,
+              "agf_m": ["power"] * 10 + ["neither"] * 2, "agf_m_pcmv": ["power"] * 9 + ["exponential"] * 3}
+    for row, kinds in layout.items():
         run = _run(row, 1, 60.0)
         run.path = str(tmp_path / row)
         (tmp_path / row / "analysis").mkdir(parents=True)
-        (tmp_path / row / "analysis/decay.json").write_text(json.dumps(
-            {"fits": [fit("power")] * n_power + [fit("exponential")] * (36 - n_power)}))
+        (tmp_path / row / "analysis/decay.json").write_text(json.dumps(_decay_json(kinds)))
         heads = [{"attn_type": t, "dominant": d, "eta_pos": ep, "eta_sym": es}
                  for t, d, ep, es in (("enc", "positional", 0.6, 0.1), ("enc", "mixed", 0.05, 0.05),
                                       ("cross", "symbolic", 0.1, 0.5))]
         (tmp_path / row / "analysis/heads.json").write_text(json.dumps({"heads": heads}))
         runs[row] = [run]
     ev = claims.attention_evidence(runs)
-    assert ev["power_better"] == 97 and ev["profiles"] == 108 and ev["verdict"] == "reproduced" and ev["p"] < 1e-6
+    assert (ev["power"], ev["exponential"], ev["neither"], ev["profiles"]) == (26, 4, 6, 36)
+    assert ev["verdict"] == "reproduced" and ev["p"] < 0.05
     enc = ev["models"][0]["heads"]["enc"]
     assert (enc["heads"], enc["positional"], enc["mixed"]) == (2, 1, 1) and enc["eta_pos"] == pytest.approx(0.325)
     text = claims.to_markdown({"claims": [], "curve": {"fits": None, "verdict": "no runs yet"}, "attention": ev,
                                "par_margin": 0.5})
-    assert "better on 97 of 108 profiles" in text and "| `vanilla` | 1 | 30 / 36 | 0.80 / 0.50 | 1/0/1, –, 0/1/0 |" in text
-    half = claims.attention_evidence({"vanilla": runs["vanilla"][:1]})
-    assert half["verdict"] == "reproduced"
-    (tmp_path / "vanilla/analysis/decay.json").write_text(json.dumps({"fits": [fit("power")] * 18 + [fit("exponential")] * 18}))
+    assert "described by the power law in 26, by the exponential in 4, by neither in 6" in text
+    assert "| `vanilla` | 1 | 7 / 1 / 4 of 12 (" in text and "| 1/0/1, –, 0/1/0 |" in text
+    # a tail that neither form describes counts as neither, and most such tails make the verdict
+    (tmp_path / "vanilla/analysis/decay.json").write_text(json.dumps(_decay_json(["neither"] * 10 + ["power"] * 2)))
+    alone = claims.attention_evidence({"vanilla": runs["vanilla"]})
+    assert (alone["power"], alone["neither"]) == (2, 10) and alone["verdict"] == "neither"
+    (tmp_path / "vanilla/analysis/decay.json").write_text(json.dumps(_decay_json(["power"] * 6 + ["exponential"] * 6)))
     assert claims.attention_evidence({"vanilla": runs["vanilla"]})["verdict"] == "inconclusive"
+    (tmp_path / "vanilla/analysis/decay.json").write_text(json.dumps(_decay_json(["exponential"] * 10 + ["power"] * 2)))
+    assert claims.attention_evidence({"vanilla": runs["vanilla"]})["verdict"] == "not reproduced"
     assert claims.attention_evidence({})["verdict"].startswith("no analysis yet")
+
+
+def test_seeds_needed_is_the_welch_sample_size():
+    """Seeds spread with SD 1 in both rows and a true difference of 1 point: the 95% interval
+    excludes 0 with probability 0.8 at n = (t_.975 + t_.8)² · 2 / 1² ≈ 17 seeds per row (about
+    16 with normal quantiles); "on par" within ±0.5 at a true difference of 0 needs 4× the
+    variance budget; an effect the claim cannot show is reported as more than MAX_SEEDS."""
+    a, b = [0.0, 1.0, 2.0], [5.0, 6.0, 7.0]  # sample SD exactly 1 each
+    assert claims.seeds_needed(a, b, 1.0, "better") == 17
+    n_par = claims.seeds_needed(a, b, 0.0, "par", margin=0.5)
+    assert 63 <= n_par <= 66
+    assert claims.seeds_needed(a, b, 2.0, "better") < claims.seeds_needed(a, b, 1.0, "better")
+    assert claims.seeds_needed(a, b, -0.3, "better") == claims.MAX_SEEDS + 1
+    assert claims.seeds_needed(a, b, 0.7, "par", margin=0.5) == claims.MAX_SEEDS + 1
+    assert claims.seeds_needed([1.0], b, 1.0, "better") is None
+
+
+def test_each_claim_gets_a_bleu_verdict_and_inconclusive_ones_the_seeds_to_decide():
+    finals = {"vanilla": [60.0, 60.2, 60.1], "agf_m_pcmv": [61.0, 61.2, 61.1], "agf_m": [60.0, 61.6, 60.5]}
+    refs = ["a b c d e f", "g h i j k l"] * 10
+    runs = [_run(row, s, v, hyps=refs if row in ("agf_m_pcmv", "vanilla") else None, refs=refs)
+            for row, vals in finals.items() for s, v in enumerate(vals, 1)]
+    result = claims.evaluate_claims(runs, n_bootstrap=100)
+    got = {c["key"]: c for c in result["claims"]}
+    beats = got["agf_m_pcmv_vanilla"]  # accuracy clearly higher, translations identical
+    assert beats["verdict"] == "reproduced" and beats["bleu_verdict"] == "inconclusive"
+    assert beats["seeds_needed"] is None
+    improves = got["pcmv_agf_m"]
+    assert improves["verdict"] == "inconclusive"
+    assert improves["seeds_needed"] == claims.seeds_needed(finals["agf_m_pcmv"], finals["agf_m"],
+                                                           improves["paper_delta"], "better")
+    text = claims.to_markdown(result)
+    assert "val acc: **reproduced**; test BLEU: **inconclusive** | – |" in text
+    assert 2 < improves["seeds_needed"] <= claims.MAX_SEEDS
+    assert f"| **inconclusive** | {improves['seeds_needed']} |" in text

@@ -57,3 +57,53 @@ def test_two_cpu_ranks_match_one_process_on_the_same_global_batch(tmp_path):
     # rank 0 alone wrote: one evaluation line, one checkpoint set
     assert len((ddp_dir / "metrics.jsonl").read_text().splitlines()) == 1
     assert sorted(p.name for p in (ddp_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_process_group_timeouts_come_from_the_trainer_config(monkeypatch):
+    """The training loop's collectives and the long waits for rank 0 have explicit timeouts
+    (NCCL's default watchdog is 10 minutes, shorter than a beam-search decode of WMT's test set)."""
+    from datetime import timedelta
+
+    import torch.distributed as torch_dist
+
+    from agf_exp import distributed, training
+
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch_dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch_dist, "init_process_group", lambda **kw: calls.__setitem__("init", kw))
+    monkeypatch.setattr(torch_dist, "new_group", lambda **kw: calls.__setitem__("wait", kw) or "wait-group")
+    dist = distributed.init("cpu", timeout_minutes=7, wait_minutes=90)
+    assert calls["init"] == {"backend": "gloo", "timeout": timedelta(minutes=7)}
+    assert calls["wait"] == {"backend": "gloo", "timeout": timedelta(minutes=90)}
+    assert (dist.rank, dist.world, dist.local_rank, dist.wait_group) == (1, 2, 1, "wait-group")
+
+    seen = []
+    monkeypatch.setattr(training, "init_distributed", lambda *args: seen.append(args) or distributed.Dist())
+    monkeypatch.setattr(training, "_locked_train", lambda cfg, run_dir, dist, on_start: {})
+    training.train(make_cfg(*BASE, "trainer.dist_timeout_minutes=12", "trainer.dist_wait_minutes=240"), "unused")
+    assert seen == [("auto", 12.0, 240.0)]
+
+
+def test_a_rank_stops_with_another_ranks_preemption(tmp_path, monkeypatch):
+    """Ranks agree on a pending preemption signal after every update (an all-reduce of the flag),
+    so all stop after the same update; a rank that got no signal itself stops too."""
+    from agf_exp.loggers import NullLogger
+    from agf_exp.preemption import Preempted
+    from agf_exp.training import Trainer
+
+    trainer = Trainer(make_cfg(*BASE), tmp_path)
+    trainer.logger = NullLogger()
+    flags = []
+
+    def any_rank(flag, device):  # the all-reduce, where another rank was signalled at step 3
+        flags.append(flag)
+        return flag or trainer.state.step >= 3
+
+    monkeypatch.setattr(trainer.dist, "any", any_rank)
+    with pytest.raises(Preempted, match="another rank was stopped"):
+        trainer.fit()
+    assert checkpoint.load(tmp_path / "checkpoints/last.pt")["state"]["step"] == 3
+    assert flags == [False, False, False]

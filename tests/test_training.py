@@ -194,3 +194,93 @@ def test_flex_backend_refuses_to_train_on_cpu(tmp_path):
     cfg = make_cfg("experiment=smoke", "pos=agf_m", "model.attn_backend=flex", "model.attn_dropout=0")
     with pytest.raises(ConfigError, match="cannot train on CPU"):
         Trainer(cfg, tmp_path / "run")
+
+
+# ---- resume on another device, precision or number of GPUs (the GPU path, checked on the CPU) ----
+
+
+def test_resume_loads_last_pt_on_the_cpu_whatever_the_training_device(tmp_path, monkeypatch):
+    """last.pt is read on the CPU and load_state_dict places the tensors: loaded onto the training
+    device (a GPU), the saved CPU RNG state reached torch.set_rng_state as a CUDA tensor and every
+    resume on a GPU failed. The meta device stands in for the GPU: tensors mapped there are
+    unusable by the CPU model."""
+    run, overrides = tmp_path / "r", [*FAST, "trainer.max_epochs=1", "trainer.decode_splits=[valid]"]
+    interrupted_run(monkeypatch, make_cfg(*overrides), run, step=5)
+    trainer = Trainer(make_cfg(*overrides), run)
+    trainer.device = torch.device("meta")
+    seen = []
+    real = torch.set_rng_state
+    monkeypatch.setattr(torch, "set_rng_state", lambda state: (seen.append(state), real(state)))
+    assert trainer.try_resume()
+    assert trainer.state.step == 5
+    assert [(t.device.type, t.dtype) for t in seen] == [("cpu", torch.uint8)]
+
+
+def test_resume_in_fp16_from_a_run_saved_without_a_loss_scale(tmp_path, monkeypatch):
+    """A run saved in fp32/bf16 has an empty GradScaler state; resumed where precision=auto gives
+    fp16 (a requeue onto a GPU without bf16), the scaler starts fresh instead of raising."""
+    run, overrides = tmp_path / "r", [*FAST, "trainer.max_epochs=1", "trainer.decode_splits=[valid]"]
+    interrupted_run(monkeypatch, make_cfg(*overrides), run, step=5)
+    assert checkpoint.load(run / "checkpoints/last.pt")["scaler"] == {}
+    trainer = Trainer(make_cfg(*overrides), run)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # what an fp16 run builds
+    assert trainer.try_resume()
+    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == 1024.0
+
+
+def test_cuda_rng_state_is_the_training_devices_alone(monkeypatch):
+    """Only the training GPU's generator is saved, so a job requeued with fewer visible GPUs
+    restores it; older checkpoints (one state per visible GPU) give the training device's entry."""
+    states = {i: torch.tensor([i, 10 + i], dtype=torch.uint8) for i in range(4)}
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[torch.device(device).index or 0])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((state, device)))
+    saved = training.rng_state(torch.device("cuda", 3))
+    assert torch.equal(saved["cuda"], states[3])
+    training.set_rng_state(saved, torch.device("cuda", 0))  # requeued onto a one-GPU node
+    assert torch.equal(restored[-1][0], states[3]) and torch.device(restored[-1][1]) == torch.device("cuda", 0)
+    old = {**saved, "cuda": [states[0], states[1]]}  # get_rng_state_all() of two visible GPUs
+    training.set_rng_state(old, torch.device("cuda", 1))
+    assert torch.equal(restored[-1][0], states[1])
+    training.set_rng_state(old, torch.device("cuda", 0))
+    assert torch.equal(restored[-1][0], states[0])
+    training.set_rng_state(saved, torch.device("cpu"))  # a CUDA run resumed on the CPU ignores it
+    assert len(restored) == 3
+
+
+@pytest.mark.cuda
+def test_interrupted_cuda_run_resumes_and_finishes(tmp_path, monkeypatch):
+    """A GPU run's last.pt resumes on the GPU (map_location, RNG, scaler) and finishes."""
+    run = tmp_path / "r"
+    overrides = [*FAST, "trainer.device=cuda", "pos=agf_m", "pcmv=true", "model.attn_dropout=0",
+                 "trainer.max_epochs=1", "trainer.decode_splits=[valid]"]
+    interrupted_run(monkeypatch, make_cfg(*overrides), run, step=5)
+    summary = train(make_cfg(*overrides), run)
+    assert summary["status"] == "complete" and summary["steps"] > 5 and summary["device"].startswith("cuda")
+
+
+def test_nan_loss_in_the_first_epoch_says_that_no_checkpoint_exists(tmp_path, monkeypatch):
+    real = training.smoothed_loss
+    monkeypatch.setattr(training, "smoothed_loss", lambda logits, gold, ls: real(logits, gold, ls) * float("nan"))
+    with pytest.raises(TrainingError, match=r"no checkpoint was written yet .*trainer\.save_every_steps"):
+        train(make_cfg(*FAST), tmp_path)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def test_sigterm_during_the_final_decoding_stops_with_the_preemption_message(tmp_path, monkeypatch):
+    import signal
+
+    from agf_exp.preemption import Preempted
+
+    real = Trainer.final_decode
+
+    def signalled(self):
+        signal.raise_signal(signal.SIGTERM)  # arrives while decoding
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "final_decode", signalled)
+    with pytest.raises(Preempted, match="stopped by SIGTERM during the final decoding after saving last.pt"):
+        train(make_cfg(*FAST, "trainer.max_epochs=1"), tmp_path)
+    monkeypatch.setattr(Trainer, "final_decode", real)
+    summary = train(make_cfg(*FAST, "trainer.max_epochs=1"), tmp_path)  # resumes at the end and decodes
+    assert summary["status"] == "complete"

@@ -6,17 +6,27 @@ From a trained model and a data split (teacher-forced), for every self-attention
   the key at signed relative distance ``δ = n - m`` (key minus query), over all non-padding
   (query, key) pairs of the split at that distance; encoder self-attention has both sides, the
   causal decoder only ``δ <= 0``. Distances with fewer than ``min_count`` pairs are left out.
-- two fits per side (``d = |δ| >= 1``; the query's own position is left out as it is mostly
-  content), by least squares on ``log w``:
-  power law (AGF's form) ``log G - k·log(1 + d/r)`` and exponential (ALiBi-like)
-  ``log G - λ·d``.
-- which form is better on **held-out distances**: each form is fitted on the near half of the
-  distances and scored (R² of ``log w``) on the far half, where the two forms differ (the
-  paper's claim is about the tail); the in-sample R² of a fit on all distances is reported too.
+- three fits per side (``d = |δ| >= 1``; the query's own position is left out as it is mostly
+  content), by least squares on ``log w``: AGF's form ``log G - k·log(1 + d/r)`` (three
+  parameters), the pure power law ``log G - k·log d`` and the exponential (ALiBi-like)
+  ``log G - λ·d`` (two each).
+- which form describes the **held-out distances**: each form is fitted on the near half of the
+  distances and scored (R² of ``log w``) on the far half, where the forms differ (the paper's
+  claim is about the tail). A profile counts for a form only where that form predicts the far
+  half better than the far half's own mean (held-out R² > 0) *and* better than the other form;
+  otherwise it counts as **neither** (:func:`judge`). The two compared forms are the
+  identifiable two-parameter ones, the pure power law and the exponential: AGF's form is
+  reported beside them, with ``degenerate`` set where a parameter sits on its bound (typically
+  ``r`` at its lower bound, where ``G/(1+d/r)^k`` has become ``G'·d^-k`` and ``r`` is not
+  identified).
 
-Caveat: at large ``d`` only long sentences contribute, and a softmax over more keys gives smaller
-weights, so part of any decay is the length mix of the split; comparing forms across models on
-the same split is fair, absolute exponents are not length-free.
+What a profile mixes: the mean weight at distance ``d`` averages rows of every length, and only
+rows longer than ``d`` contribute there, each with a softmax renormalised over its own number of
+keys (uniform attention is ``1/L``). So the far tail is the attention of long sentences, scaled
+down by their length, and part of any decay is this length mix rather than distance. Comparing
+forms across models on the same split is fair; absolute exponents are not length-free. A
+length-normalised profile (``L·w``, where uniform attention is 1 at every distance) would need
+each row's length, which the stored profiles (sums over all rows) do not keep.
 """
 from __future__ import annotations
 
@@ -109,6 +119,14 @@ def _exponential(d, log_g, lam):
     return log_g - lam * d
 
 
+def _pure_power(d, log_g, k):
+    return log_g - k * np.log(d)
+
+
+# AGF's form is fitted with r in [R_BOUNDS] and k in [K_BOUNDS]; a fit on a bound is degenerate
+R_BOUNDS, K_BOUNDS = (1e-3, 1e6), (0.0, 1e3)
+
+
 def _r2(y, pred) -> float:
     tss = float(np.sum((y - y.mean()) ** 2))
     return 1.0 - float(np.sum((y - pred) ** 2)) / tss if tss > 0 else float("nan")
@@ -120,12 +138,16 @@ def _fit(form: str, d: np.ndarray, logw: np.ndarray):
     if form == "exponential":
         lam, log_g = np.polyfit(d, logw, 1)  # exact least squares
         return np.array([log_g, -lam])
+    if form == "pure_power":
+        k, log_g = np.polyfit(np.log(d), logw, 1)  # exact least squares in log d
+        return np.array([log_g, -k])
     best = None
     slope = max(-(logw[-1] - logw[0]) / max(math.log1p(d[-1]) - math.log1p(d[0]), 1e-6), 1e-3)
     for r0 in (0.5, 2.0, 10.0, 50.0):
         try:
             params, _ = curve_fit(_power, d, logw, p0=(logw[0] + slope * math.log1p(d[0] / r0), r0, slope),
-                                  bounds=([-np.inf, 1e-3, 0.0], [np.inf, 1e6, 1e3]), maxfev=20000)
+                                  bounds=([-np.inf, R_BOUNDS[0], K_BOUNDS[0]], [np.inf, R_BOUNDS[1], K_BOUNDS[1]]),
+                                  maxfev=20000)
         except (RuntimeError, ValueError):
             continue
         rss = float(np.sum((_power(d, *params) - logw) ** 2))
@@ -137,7 +159,11 @@ def _fit(form: str, d: np.ndarray, logw: np.ndarray):
 
 
 def _predict(form: str, params, d):
-    return _power(d, *params) if form == "power" else _exponential(d, *params)
+    return {"power": _power, "pure_power": _pure_power, "exponential": _exponential}[form](d, *params)
+
+
+def _on_bound(value: float, bounds) -> bool:
+    return any(abs(value - b) <= 1e-6 * max(1.0, abs(b)) for b in bounds)
 
 
 @dataclass
@@ -146,9 +172,22 @@ class DecayFit:
     head: int
     side: str  # "left" (keys before the query, δ < 0) or "right" (δ > 0)
     distances: int  # number of distances fitted
-    power: Dict[str, float] = field(default_factory=dict)  # G, r, k, r2 (all distances), r2_tail
+    power: Dict[str, float] = field(default_factory=dict)  # AGF's form: G, r, k, r2, r2_tail, degenerate
     exponential: Dict[str, float] = field(default_factory=dict)  # G, lambda, r2, r2_tail
-    better: str = ""  # the form with the higher held-out (far-half) R²
+    better: str = ""  # judge(): "power" (pure power law), "exponential" or "neither" on the far half
+    pure_power: Dict[str, float] = field(default_factory=dict)  # G, k, r2, r2_tail
+
+
+def judge(fits: Dict[str, Dict[str, float]]) -> str:
+    """Which identifiable form describes the far half: "power" (``G·d^-k``) or "exponential" when
+    it predicts the held-out distances better than their mean (R² > 0) and better than the other
+    form, else "neither"."""
+    p, e = fits["pure_power"]["r2_tail"], fits["exponential"]["r2_tail"]
+    if p > 0 and p > e:
+        return "power"
+    if e > 0 and e > p:
+        return "exponential"
+    return "neither"
 
 
 def fit_decay(d: Sequence[float], w: Sequence[float]) -> Dict[str, Dict[str, float]]:
@@ -160,14 +199,17 @@ def fit_decay(d: Sequence[float], w: Sequence[float]) -> Dict[str, Dict[str, flo
         raise ValueError(f"a decay fit needs at least 6 distances with attention, got {len(d)}")
     near = d <= np.median(d)
     out = {}
-    for form in ("power", "exponential"):
+    for form in ("power", "pure_power", "exponential"):
         full = _fit(form, d, logw)
         half = _fit(form, d[near], logw[near])
         r2 = _r2(logw, _predict(form, full, d))
         r2_tail = _r2(logw[~near], _predict(form, half, d[~near]))
         if form == "power":
             out[form] = {"G": float(math.exp(full[0])), "r": float(full[1]), "k": float(full[2]), "r2": r2,
-                         "r2_tail": r2_tail}
+                         "r2_tail": r2_tail,
+                         "degenerate": bool(_on_bound(full[1], R_BOUNDS) or _on_bound(full[2], K_BOUNDS))}
+        elif form == "pure_power":
+            out[form] = {"G": float(math.exp(full[0])), "k": float(full[1]), "r2": r2, "r2_tail": r2_tail}
         else:
             out[form] = {"G": float(math.exp(full[0])), "lambda": float(full[1]), "r2": r2, "r2_tail": r2_tail}
     return out
@@ -188,21 +230,37 @@ def fit_profiles(profiles: Sequence[Profile], min_count: int = 20) -> List[Decay
                     res = fit_decay(d[order], mean[h, sel][order])
                 except ValueError:
                     continue
-                better = "power" if res["power"]["r2_tail"] >= res["exponential"]["r2_tail"] else "exponential"
-                fits.append(DecayFit(p.module, h, side, int(sel.sum()), res["power"], res["exponential"], better))
+                fits.append(DecayFit(p.module, h, side, int(sel.sum()), res["power"], res["exponential"], judge(res),
+                                     res["pure_power"]))
     return fits
 
 
+def profiles_from_json(stored: Dict[str, dict]) -> List[Profile]:
+    """The profiles of a ``decay.json`` (``analyze decay``), to refit them with the current rules
+    (the report does: its counts follow from this module, whatever code wrote the file)."""
+    out = []
+    for module, p in stored.items():
+        mean, count = np.asarray(p["mean"], dtype=float), np.asarray(p["count"], dtype=float)
+        out.append(Profile(module, p["attn_type"], np.asarray(p["offsets"]), np.nan_to_num(mean) * count[None, :], count))
+    return out
+
+
 def to_markdown(fits: Sequence[DecayFit]) -> str:
-    lines = ["| module | head | side | n | power G/(1+d/r)^k: r, k | R² | far-half R² | exponential G·e^(−λd): λ | "
-             "R² | far-half R² | better (far half) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| module | head | side | n | AGF G/(1+d/r)^k: r, k | far-half R² | power G·d^(−k): k | R² | far-half R² | "
+             "exponential G·e^(−λd): λ | R² | far-half R² | far half described by |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in fits:
-        p, e = f.power, f.exponential
-        lines.append(f"| {f.module} | {f.head} | {f.side} | {f.distances} | r={p['r']:.3g}, k={p['k']:.3g} | "
-                     f"{p['r2']:.3f} | {p['r2_tail']:.3f} | λ={e['lambda']:.3g} | {e['r2']:.3f} | "
+        p, q, e = f.power, f.pure_power, f.exponential
+        agf = f"r={p['r']:.3g}, k={p['k']:.3g}" + (" (degenerate)" if p.get("degenerate") else "")
+        lines.append(f"| {f.module} | {f.head} | {f.side} | {f.distances} | {agf} | {p['r2_tail']:.3f} | "
+                     f"k={q['k']:.3g} | {q['r2']:.3f} | {q['r2_tail']:.3f} | λ={e['lambda']:.3g} | {e['r2']:.3f} | "
                      f"{e['r2_tail']:.3f} | **{f.better}** |")
-    n_power = sum(f.better == "power" for f in fits)
-    lines += ["", f"Power law better on the far half for {n_power} of {len(fits)} (head, side) profiles."]
+    counts = {form: sum(f.better == form for f in fits) for form in ("power", "exponential", "neither")}
+    degenerate = sum(bool(f.power.get("degenerate")) for f in fits)
+    lines += ["", f"Of {len(fits)} (head, side) profiles, the far half is described by the power law in "
+                  f"{counts['power']}, by the exponential in {counts['exponential']}, by neither in {counts['neither']} "
+                  f"(R² > 0 on the held-out far half and above the other form); AGF's three-parameter form is "
+                  f"degenerate (a parameter on its bound) in {degenerate}."]
     return "\n".join(lines) + "\n"
 
 

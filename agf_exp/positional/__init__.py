@@ -7,7 +7,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import MODES, AttnType, PosConfig, PositionalMode, PosTable, PosTerms, register_mode
+from .base import (MODES, AttnType, PosConfig, PositionalMode, PosTable, PosTerms, offset_range, register_mode,
+                   relative_offsets)
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base":
@@ -24,4 +25,5 @@ def build_mode(cfg: PosConfig, n_heads: int, d_head: int, attn_type: AttnType) -
     return MODES[cfg.name].module_class(cfg, n_heads, d_head, attn_type)
 
 
-__all__ = ["MODES", "AttnType", "PosConfig", "PositionalMode", "PosTable", "PosTerms", "build_mode", "register_mode"]
+__all__ = ["MODES", "AttnType", "PosConfig", "PositionalMode", "PosTable", "PosTerms", "build_mode", "offset_range",
+           "register_mode", "relative_offsets"]

@@ -64,13 +64,10 @@ class AGF(PositionalMode):
         inv_r = self.log_inv_r.exp().clamp(self.cfg.inv_r_min, self.cfg.inv_r_max)
         return g, inv_r, self.log_k.exp()
 
-    def log_coef_table(self, n_dist: int) -> torch.Tensor:
-        """log C for distances ``0..n_dist-1``: ``[2, H, n_dist]``."""
-        g, inv_r, k = self.field_params()
-        d = torch.arange(n_dist, device=self.log_g.device, dtype=torch.float32)
-        return g.log()[..., None] - k[..., None] * torch.log1p(d * inv_r[..., None])
+    def log_coef(self, direction: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+        """log C at each (direction, distance) pair of two ``[R]`` tensors: ``[H, R]``."""
+        g, inv_r, k = self.field_params()  # [2, H] each
+        return (g.log()[direction] - k[direction] * torch.log1p(dist.float()[:, None] * inv_r[direction])).T
 
     def table(self, offsets: torch.Tensor) -> PosTable:
-        direction, dist = split_direction(offsets)
-        log_c = self.log_coef_table(int(dist.max()) + 1)[direction, :, dist]  # [R, H]
-        return PosTable(log_coef=log_c.T)
+        return PosTable(log_coef=self.log_coef(*split_direction(offsets)))

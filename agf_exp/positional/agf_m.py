@@ -36,6 +36,6 @@ class AGFM(AGF):
             raise ValueError(f"pos.max_distance must be >= 1, got {cfg.max_distance}")
         self.log_amp = nn.Parameter(torch.zeros(2, n_heads, cfg.max_distance))
 
-    def log_coef_table(self, n_dist: int) -> torch.Tensor:
-        idx = torch.arange(n_dist, device=self.log_amp.device).clamp(max=self.cfg.max_distance - 1)
-        return super().log_coef_table(n_dist) + self.log_amp[:, :, idx]
+    def log_coef(self, direction: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+        amp = self.log_amp[direction, :, dist.clamp(max=self.cfg.max_distance - 1)]  # [R, H]
+        return super().log_coef(direction, dist) + amp.T

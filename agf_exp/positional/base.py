@@ -15,7 +15,9 @@ The first three depend only on the signed relative distance ``delta = n - m`` (k
 query). A mode implements :meth:`table`, which returns them for a 1-D range of offsets as an
 ``O(H * L)`` table (``log C`` rather than ``C``, so fused kernels can add it in log space);
 :meth:`terms` gathers that table into ``[H, Lq, Lk]`` matrices for the eager path, and the
-fused backends index the same table inside their kernels. Nothing loops over heads or pairs.
+fused backends index the same table inside their kernels. Nothing loops over heads or pairs,
+and nothing reads a device tensor back to the host (attention calls :meth:`relative_terms`,
+whose offset range is known from the lengths): no host-device synchronisation per call.
 
 Directions: ``delta <= 0`` (the key is the query itself or lies before it) is the *left* side
 (index 0), ``delta > 0`` the *right* side (index 1). The causal decoder therefore only ever
@@ -74,9 +76,21 @@ class PosTerms(NamedTuple):
     channel: Optional[torch.Tensor] = None  # [H, Lq, Lk, d_head]
 
 
+def relative_offsets(lq: int, lk: int, q_offset: int, device) -> torch.Tensor:
+    """Signed offsets ``delta[m, n] = n - (q_offset + m)``: ``[Lq, Lk]``."""
+    return torch.arange(lk, device=device)[None, :] - (torch.arange(lq, device=device)[:, None] + q_offset)
+
+
+def offset_range(lq: int, lk: int, q_offset: int) -> range:
+    """The offsets :func:`relative_offsets` takes, smallest to largest, computed on the host."""
+    return range(-(q_offset + lq - 1), lk - q_offset)
+
+
 class PositionalMode(nn.Module):
-    """Base class of every positional mode. Subclasses set the two class flags and
-    implement :meth:`terms`."""
+    """Base class of every positional mode. Subclasses set the class flags below that apply
+    (``multiplicative``, ``additive``, ``channelwise``, ``rotary``; ``channel_values`` for a
+    channelwise mode whose weights also scale the values under PCM-V) and implement
+    :meth:`table` (relative modes) and/or :meth:`rotate` (rotary modes)."""
 
     #: True when the mode yields a multiplicative coefficient C (PCM-V scales values by C).
     multiplicative: bool = False
@@ -112,13 +126,23 @@ class PositionalMode(nn.Module):
         return PosTable()
 
     def terms(self, delta: torch.Tensor) -> PosTerms:
-        """The terms for a ``[Lq, Lk]`` matrix of signed offsets, gathered from one
-        :meth:`table` over the offsets' range (computed once per call)."""
+        """The terms for any ``[Lq, Lk]`` matrix of signed offsets, gathered from one
+        :meth:`table` over the offsets' range (reads that range back from ``delta``'s device;
+        attention uses :meth:`relative_terms`, which does not)."""
         if not self.relative:
             return PosTerms()
-        lo, hi = int(delta.min()), int(delta.max())
-        tab = self.table(torch.arange(lo, hi + 1, device=delta.device))
-        idx = delta - lo
+        return self._gather(range(int(delta.min()), int(delta.max()) + 1), delta)
+
+    def relative_terms(self, lq: int, lk: int, q_offset: int, device) -> PosTerms:
+        """``terms(relative_offsets(lq, lk, q_offset))`` for ``Lq`` queries from absolute
+        position ``q_offset`` against ``Lk`` keys from 0, with the range taken on the host."""
+        if not self.relative:
+            return PosTerms()
+        return self._gather(offset_range(lq, lk, q_offset), relative_offsets(lq, lk, q_offset, device))
+
+    def _gather(self, span: range, delta: torch.Tensor) -> PosTerms:
+        tab = self.table(torch.arange(span.start, span.stop, device=delta.device))
+        idx = delta - span.start
         return PosTerms(
             None if tab.log_coef is None else tab.log_coef[:, idx].exp(),
             None if tab.bias is None else tab.bias[:, idx],

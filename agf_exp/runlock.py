@@ -1,0 +1,133 @@
+"""One process per run dir: an exclusive lock on ``<run dir>/.lock`` for the whole run.
+
+The lock is a POSIX record lock (``fcntl.lockf``) held by the process that trains (rank 0 under
+DDP). The kernel releases it when that process ends, however it ends (``kill -9`` included), so a
+crashed run leaves no stale lock: the next start takes it over. A second process that finds it
+held stops at once with one line naming the holder (pid, host, start time), before touching
+any file of the run.
+
+A start that is refused after the lock was taken (a finished run of another config, bad data)
+leaves the run dir as it found it: :meth:`RunDirLock.release` with ``started=False`` restores the
+lock file's previous content, or removes the lock file and the run dir if this start created them.
+
+File systems: local disks and NFS (v3 with lockd, v4) honour POSIX locks across hosts; Lustre does
+when mounted with ``-o flock`` (``localflock`` locks per node only). Where the file system refuses
+locks, the start stops and says so; ``trainer.lock_run_dir=false`` then runs without the lock
+(make sure yourself that only one job uses the run dir).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+
+class RunDirLocked(RuntimeError):
+    """Another live process holds the run dir (or the file system cannot lock it)."""
+
+
+class RunDirLock:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / ".lock"
+        self._fd: Optional[int] = None
+        self._previous: Optional[bytes] = None  # the lock file's content before this start (None: created)
+        self._made_dirs: list = []
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`RunDirLocked`; record this process as the holder."""
+        made, d = [], self.run_dir
+        while not d.exists():
+            made.append(d)
+            d = d.parent
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._made_dirs = made  # innermost first
+        existed = self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if not existed:
+                self._undo(remove_file=True)
+            if e.errno in (errno.EACCES, errno.EAGAIN):
+                raise RunDirLocked(f"{self.run_dir} is in use by another process ({holder or 'holder starting up'}): "
+                                   "wait for it to end or stop it, or choose another run dir (hydra.run.dir=...)") from None
+            raise RunDirLocked(f"cannot lock {self.path} ({e.strerror}): this file system has no POSIX locks; "
+                               "run with trainer.lock_run_dir=false and make sure only one process uses the run dir") \
+                from None
+        self._fd = fd
+        self._previous = os.pread(fd, 1 << 16, 0) if existed else None
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now().isoformat(timespec='seconds')}\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+
+    def release(self, started: bool = True) -> None:
+        """Drop the lock. ``started=False`` (the start was refused): leave the run dir as it was."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        if not started and self._previous is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, self._previous, 0)
+        if not started and self._previous is None:
+            self._undo(remove_file=True)
+        os.close(fd)
+
+    def _undo(self, remove_file: bool) -> None:
+        if remove_file:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+        for d in self._made_dirs:  # only dirs this start created, and only while empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+
+def creation_problem(run_dir: Path) -> Optional[str]:
+    """Why ``run_dir`` cannot be created or written (a file in its path, a read-only place);
+    None when it can. Nothing is created."""
+    run_dir = Path(run_dir).expanduser().absolute()
+    d = run_dir
+    while not d.exists():
+        d = d.parent
+    if not d.is_dir():
+        return f"cannot create the run dir {run_dir}: {d} is a file; choose another hydra.run.dir"
+    try:  # a real attempt: permission bits do not bind root, read-only mounts and /proc do
+        os.rmdir(tempfile.mkdtemp(prefix=".agf-check-", dir=d))
+    except OSError as e:
+        return f"cannot create the run dir {run_dir} in {d} ({e.strerror}); choose another hydra.run.dir"
+    return None
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover (hydra-core is a dependency; the callback is only used by run.py)
+    Callback = object  # type: ignore[misc,assignment]
+
+
+class CheckRunDir(Callback):
+    """Hydra callback (``hydra.callbacks`` in conf/config.yaml): a run or sweep dir that cannot be
+    created stops the start with one line and exit 2, before Hydra tries to create it."""
+
+    def _check(self, path: str) -> None:
+        problem = creation_problem(Path(path))
+        if problem:
+            print(f"ConfigError: {problem}", file=sys.stderr)
+            sys.exit(2)
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._check(config.hydra.sweep.dir)
