@@ -3,7 +3,7 @@
 # per seed with experiment=small on Multi30k, the attention analyses of vanilla / AGF-M /
 # AGF-M + PCM-V, the finished runs' small files exported, and REPORT.md regenerated from them.
 #
-#   MULTI30K_ROOT=/path/to/multi30k bash sweeps/reproduce_small.sh [seeds...]   # default: 1 2 3
+#   MULTI30K_ROOT=/path/to/multi30k bash sweeps/reproduce_small.sh [seeds...]   # default: 1 2 3 4 5
 #   AGF_JOBS=20 MULTI30K_ROOT=... bash sweeps/reproduce_small.sh               # one GPU, 20 runs at once
 #
 # Tables 1 and 2 are subsets of table 4's rows and table 6 shares its vanilla row, so each row
@@ -22,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${MULTI30K_ROOT:?set MULTI30K_ROOT to the folder with the Multi30k .gz files}"
 export MULTI30K_ROOT AGF_OVERRIDES="${AGF_OVERRIDES:-}" AGF_JOBS="${AGF_JOBS:-1}"
-seeds=("${@:-1 2 3}")
+seeds=("${@:-1 2 3 4 5}")
 # every row trained once per seed, as <table>:<row> (tables 1, 2 and 6's vanilla reuse table 4's)
 table_rows="table4:vanilla table4:agf table4:agf_pcmv table4:agf_m table4:agf_m_pcmv
             table6:agf_m_sco_pe table6:agf_m_sco_pcmv_pe
