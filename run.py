@@ -98,10 +98,11 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     finally:
         start_log.close()
-    overrides = " ".join(shlex.quote(o) for o in hc.overrides.task if not o.startswith("hydra.run.dir="))
+    again = ["python", "run.py", *(shlex.quote(o) for o in hc.overrides.task if not o.startswith("hydra.run.dir=")),
+             f"hydra.run.dir={shlex.quote(str(run_dir))}"]
     print(f"run dir: {run_dir}\n"
           f"  score:  python -m agf_exp.evaluate ckpt={run_dir / 'checkpoints' / 'best.pt'} split=test\n"
-          f"  resume or extend (e.g. trainer.max_epochs=N): python run.py {overrides} hydra.run.dir={run_dir}")
+          f"  resume or extend (e.g. trainer.max_epochs=N): {' '.join(again)}")
     return summary["best"]["value"]
 
 
