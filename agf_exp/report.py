@@ -41,6 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .analysis.curves import read_metrics
 from .tables import PAPER_ROWS, PAPER_SETUP, PAPER_WORKED_EXAMPLE, TABLES, Table, table as get_table
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -98,12 +99,6 @@ def row_of(config: Dict[str, Any], signatures: Dict[Tuple, str]) -> Optional[str
         return str(config["row"])
     pos = (config.get("pos") or {}).get("name")
     return signatures.get((pos, bool(config.get("pcmv")), bool(config.get("sco")), bool(config.get("pe"))))
-
-
-def read_metrics(path: Path) -> List[Dict[str, Any]]:
-    """The evaluations a trainer appended to ``metrics.jsonl`` (empty when the file is missing)."""
-    path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def _read_lines(path: Path) -> Optional[List[str]]:

@@ -20,10 +20,11 @@ Figure-5 scores the power law's ceiling is 71.53 [71.41, 71.65]: well inside bot
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -145,12 +146,16 @@ def fit_learning_curve(x: Sequence[float], y: Sequence[float], upper: Optional[f
     return {form: fit_curve(x, y, form, upper) for form in FORMS}
 
 
+def read_metrics(path: Path) -> List[Dict[str, Any]]:
+    """The evaluations a trainer appended to ``metrics.jsonl`` (empty when the file is missing)."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def curve_from_run(run_dir: Path, metric: str = "val_acc") -> Tuple[List[float], List[float]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; give a run dir written by the trainer, or values=[...]")
-    from ..report import read_metrics
-
     evals = read_metrics(path)
     if evals and metric not in evals[0]:
         raise ValueError(f"metric={metric!r} is not in metrics.jsonl; it has {sorted(evals[0])}")
