@@ -22,8 +22,10 @@ import agf_exp.config  # noqa: F401  (registers the typed schemas before Hydra c
 from agf_exp.atomic import atomic_write_bytes
 from agf_exp.config import ConfigError
 from agf_exp.data import DataError
+from agf_exp.devices import DeviceError
+from agf_exp.rundir import train
 from agf_exp.runlock import RunDirLocked
-from agf_exp.training import TrainingError, train
+from agf_exp.training import TrainingError
 
 log = logging.getLogger("run")
 
@@ -92,7 +94,7 @@ def main(cfg: DictConfig) -> float:
         if sweep:  # the other jobs of the sweep go on
             return math.nan
         sys.exit(2)
-    except (ConfigError, DataError, TrainingError) as e:
+    except (ConfigError, DataError, DeviceError, TrainingError) as e:
         where = f" (log: {run_dir / 'run.log'})" if start_log.file is not None else ""
         _fail(f"{type(e).__name__}: {e}{where}", run_dir)
         sys.exit(2)

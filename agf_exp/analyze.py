@@ -41,7 +41,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+
+from .cli import TOOL_ERRORS, fail, parse, wants_help
+from .decoding import DecodeConfig, Strategy
+from .devices import resolve_device
+from .evaluation import load_model, split_pairs
 
 
 @dataclass
@@ -88,9 +92,15 @@ class LengthsArgs(CheckpointArgs):
     split: str = "test"
     max_sentences: Optional[int] = None
     buckets: List[int] = field(default_factory=lambda: [10, 20, 30, 40])  # upper edges, source subword tokens
-    strategy: str = "beam"  # beam | greedy
+    strategy: Strategy = Strategy.beam  # len_penalty, max_len_a/b: the run's trainer.* values
     beam_size: int = 5
     batch_sentences: int = 64
+
+    def decode(self, trainer: Dict[str, Any]) -> DecodeConfig:
+        """This tool's decoding: its strategy, beam and batch, the run's length settings."""
+        return DecodeConfig(strategy=self.strategy, beam_size=self.beam_size, batch_sentences=self.batch_sentences,
+                            len_penalty=trainer.get("len_penalty", 1.0), max_len_a=trainer.get("max_len_a", 1.2),
+                            max_len_b=trainer.get("max_len_b", 10))
 
 
 @dataclass
@@ -110,9 +120,6 @@ class Loaded:
 
 
 def _load(args: CheckpointArgs) -> Loaded:
-    from .evaluate import load_model, split_pairs
-    from .training import resolve_device
-
     device = resolve_device(args.device)
     ckpt_path = Path(args.ckpt)
     ckpt, tok, model = load_model(ckpt_path, device)
@@ -216,26 +223,22 @@ def heads(args: HeadsArgs) -> int:
 def lengths(args: LengthsArgs) -> int:
     from .analysis import lengths as ln
 
-    if args.strategy not in ("beam", "greedy"):
-        raise ValueError(f"strategy={args.strategy!r}; use beam or greedy")
     ln.assign([1], args.buckets)  # validates the edges before any work
     run = _load(args)
     stored = run.ckpt["config"]
     train_max_len = stored["data"].get("max_len")
     trainer = stored["trainer"]
     results, hyps, _ = ln.evaluate_by_length(
-        run.model, run.tokenizer, run.src, run.ref, args.buckets, train_max_len=train_max_len,
-        strategy=args.strategy, beam_size=args.beam_size, len_penalty=trainer.get("len_penalty", 1.0),
-        max_len_a=trainer.get("max_len_a", 1.2), max_len_b=trainer.get("max_len_b", 10),
-        batch_sentences=args.batch_sentences, label_smoothing=trainer.get("label_smoothing", 0.0), device=run.device)
+        run.model, run.tokenizer, run.src, run.ref, args.buckets, args.decode(trainer), train_max_len=train_max_len,
+        label_smoothing=trainer.get("label_smoothing", 0.0), device=run.device)
     sys.stdout.write(ln.to_markdown(results, train_max_len))
     name = f"lengths_{args.split}"
     png = ln.plot(results, run.out / f"{name}.png", train_max_len,
-                  title=f"{stored.get('run_name', '')} on {args.split} ({args.strategy})")
+                  title=f"{stored.get('run_name', '')} on {args.split} ({args.strategy.value})")
     (run.out / f"{name}.json").write_text(json.dumps(
-        {"ckpt": str(run.ckpt_path), "split": args.split, "strategy": args.strategy, "buckets": list(args.buckets),
+        {"ckpt": str(run.ckpt_path), "split": args.split, "strategy": args.strategy.value, "buckets": list(args.buckets),
          "train_max_len": train_max_len, "results": ln.as_dicts(results)}, indent=1))
-    (run.out / f"{name}.{args.strategy}.txt").write_text("\n".join(hyps) + "\n")
+    (run.out / f"{name}.{args.strategy.value}.txt").write_text("\n".join(hyps) + "\n")
     print(f"wrote {run.out / f'{name}.json'} and {png}")
     run.log_images({f"lengths/{args.split}": png}, args.wandb)
     return 0
@@ -247,7 +250,7 @@ TOOLS = {"curve": (CurveArgs, curve), "decay": (DecayArgs, decay), "heads": (Hea
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help") or any(a in ("-h", "--help") for a in argv):
+    if not argv or wants_help(argv):
         print(__doc__)
         return 0
     tool, rest = argv[0], argv[1:]
@@ -256,14 +259,13 @@ def main(argv=None) -> int:
         return 2
     schema, fn = TOOLS[tool]
     try:
-        args = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(rest)))
+        args = parse(schema, rest)
         args.wandb = str(args.wandb).lower()  # wandb=false arrives as the boolean False
         if args.wandb not in ("auto", "true", "false"):
             raise ValueError(f"wandb={args.wandb!r}; use auto, true or false")
         return fn(args)
-    except (OmegaConfBaseException, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except TOOL_ERRORS as e:
+        return fail(e)
 
 
 if __name__ == "__main__":

@@ -23,27 +23,16 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .data import SOURCES
+from .decoding import DecodeConfig, Strategy
+from .devices import Device, Precision
 from .model import ModelConfig
 from .positional import MODES
-
-
-class Precision(str, enum.Enum):
-    auto = "auto"  # bf16 on a CUDA device that supports it, else fp16 on CUDA; fp32 on CPU
-    fp32 = "fp32"
-    fp16 = "fp16"  # autocast + GradScaler (the paper trained in FP16)
-    bf16 = "bf16"
-
-
-class Device(str, enum.Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 @dataclass
@@ -171,28 +160,17 @@ def validate(cfg: DictConfig) -> None:
     _check_no_extra_keys(cfg, "")
     for group in ("pos", "model", "data", "trainer", "logger"):
         _check_no_extra_keys(cfg[group], f"{group}.")
-    mode = modes[cfg.pos.name].module_class
-    if cfg.pcmv and not mode.supports_value_coefficient():
-        raise ConfigError(
-            f"pcmv=true is not defined for pos={cfg.pos.name}: PCM-V scales the values by the "
-            "positional coefficient (or by exp(bias) for additive modes) and this mode has neither. "
-            "Drop pcmv=true or pick a relative mode such as pos=agf or pos=agf_m."
-        )
-    from .attention import AttnBackend, backend_problem
-
     d_model, n_heads = cfg.model.d_model, cfg.model.n_heads
     if n_heads < 1 or d_model < 1 or d_model % n_heads:
         raise ConfigError(f"model.d_model={d_model} is not divisible by model.n_heads={n_heads}: each head "
                           "gets d_model / n_heads channels; choose e.g. model.d_model="
                           f"{max(n_heads, 1) * max(1, round(d_model / max(n_heads, 1)))}")
-    backend = AttnBackend(cfg.model.attn_backend).value
-    problem = backend_problem(backend, mode, cfg.pcmv, d_model // n_heads)
+    from .attention.kernels import refusal
+
+    problem = refusal(cfg.model.attn_backend, cfg.pos.name, modes[cfg.pos.name].module_class, cfg.pcmv,
+                      d_model // n_heads, cfg.model.attn_dropout)
     if problem:
-        raise ConfigError(f"model.attn_backend={backend} cannot run pos={cfg.pos.name} pcmv={cfg.pcmv}: "
-                          f"{problem}; use model.attn_backend=auto (the fastest correct path) or eager")
-    if backend == "flex" and cfg.model.attn_dropout > 0:
-        raise ConfigError(f"model.attn_backend=flex has no attention dropout (model.attn_dropout="
-                          f"{cfg.model.attn_dropout}); set model.attn_dropout=0 or use model.attn_backend=auto")
+        raise ConfigError(problem)
     if cfg.table is not None:
         from .tables import table
 
@@ -241,3 +219,24 @@ def _check_trainer_numbers(t: DictConfig) -> None:
 def to_container(cfg: DictConfig) -> dict:
     """The resolved config as plain Python (what is saved in run dirs, checkpoints and W&B)."""
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def config_diff(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[str]:
+    """``key: old -> new`` for every dotted key whose value differs between two config dicts."""
+    keys = set(old) | set(new)
+    out = []
+    for key in sorted(keys):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def decode_config(trainer: TrainerConfig | DictConfig, strategy: str) -> DecodeConfig:
+    """The end-of-training decoding by ``strategy`` (one of ``trainer.decode_strategies``) with
+    the trainer's decoding keys."""
+    return DecodeConfig(strategy=Strategy(strategy), beam_size=trainer.beam_size, len_penalty=trainer.len_penalty,
+                        max_len_a=trainer.max_len_a, max_len_b=trainer.max_len_b,
+                        batch_sentences=trainer.decode_batch_sentences)

@@ -11,12 +11,39 @@ the length counts EOS); a sentence stops when ``beam`` hypotheses have finished.
 """
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
 from typing import List
 
 import torch
 
 from .data.tokenizer import BOS, EOS, PAD
 from .model import Seq2SeqTransformer, reorder_cache
+
+
+class Strategy(str, enum.Enum):
+    greedy = "greedy"
+    beam = "beam"
+
+
+@dataclass
+class DecodeConfig:
+    """How to translate: the same options wherever a model decodes (the end of training,
+    ``python -m agf_exp.evaluate``, the ``lengths`` analysis)."""
+
+    strategy: Strategy = Strategy.beam
+    beam_size: int = 5
+    len_penalty: float = 1.0  # beam scores are log p / length ** len_penalty
+    max_len_a: float = 1.2  # decoded length limit: a * source length + b
+    max_len_b: int = 10
+    batch_sentences: int = 64  # sentences per decoding batch
+
+
+def decode_ids(model: Seq2SeqTransformer, src: torch.Tensor, decode: DecodeConfig) -> List[List[int]]:
+    """Token ids (without BOS/EOS) of each source row's translation by ``decode.strategy``."""
+    if Strategy(decode.strategy) == Strategy.greedy:
+        return greedy_decode(model, src, decode.max_len_a, decode.max_len_b)
+    return beam_search(model, src, decode.beam_size, decode.max_len_a, decode.max_len_b, decode.len_penalty)
 
 
 def _max_lengths(src: torch.Tensor, a: float, b: int) -> torch.Tensor:

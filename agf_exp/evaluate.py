@@ -17,65 +17,31 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from . import checkpoint
-from .config import Precision
-from .data import SOURCES, DataError, Tokenizer, encode_pairs
 from .atomic import atomic_write_bytes
+from .cli import run_tool
+from .data import DataError, encode_pairs
 from .data.corpus import read_lines
 from .data.tokenizer import EOS
-from .evaluation import evaluate_split, score_translations, translate
-from .training import build_model, resolve_device, resolve_precision
+from .decoding import DecodeConfig
+from .devices import Precision, resolve_device, resolve_precision
+from .evaluation import evaluate_split, load_model, score_translations, split_pairs, translate
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(DecodeConfig):
+    """The decoding options (``strategy``, ``beam_size``, ...) and what to translate."""
+
     ckpt: str = "???"
     split: Optional[str] = None  # train | valid | test
     input: Optional[str] = None  # a source text file instead of a split
     ref: Optional[str] = None  # references for `input`
     output: Optional[str] = None
-    strategy: str = "beam"  # beam | greedy
-    beam_size: int = 5
-    len_penalty: float = 1.0
-    max_len_a: float = 1.2
-    max_len_b: int = 10
-    batch_sentences: int = 64
     max_sentences: Optional[int] = None
     device: str = "auto"
     precision: Precision = Precision.auto
     data: Dict[str, Any] = field(default_factory=dict)  # overrides of the stored data config
-
-
-def load_model(ckpt_path: Path, device) -> Tuple[Dict[str, Any], Tokenizer, Any]:
-    """(checkpoint dict, its tokenizer, the model in eval mode on ``device``)."""
-    ckpt = checkpoint.load(Path(ckpt_path))
-    tok = Tokenizer(ckpt["tokenizer"])
-    model = build_model(ckpt["config"], ckpt["vocab_size"], tok.pad_id).to(device)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return ckpt, tok, model
-
-
-def split_pairs(ckpt: Dict[str, Any], split: str, data_overrides: Optional[Dict[str, Any]] = None,
-                max_sentences: Optional[int] = None) -> Tuple[List[str], List[str]]:
-    """Source and reference lines of ``split`` of the run's data source, rebuilt from the config
-    stored in the checkpoint (``data_overrides`` replace its keys, e.g. ``root``)."""
-    stored = ckpt["config"]
-    data_cfg = stored["data"]
-    schema = SOURCES[data_cfg["name"]][0]
-    typed = OmegaConf.merge(OmegaConf.structured(schema), data_cfg, data_overrides or {})
-    corpus = SOURCES[typed.name][1](typed, stored["seed"])
-    if split not in corpus.splits:
-        raise ValueError(f"split={split!r} is unknown; use one of {sorted(corpus.splits)}")
-    src_text, refs = corpus.splits[split]
-    if max_sentences:
-        src_text, refs = src_text[:max_sentences], refs[:max_sentences]
-    return list(src_text), list(refs)
 
 
 def run(cfg: EvaluateConfig) -> Dict[str, Any]:
@@ -88,7 +54,7 @@ def run(cfg: EvaluateConfig) -> Dict[str, Any]:
     device = resolve_device(cfg.device)
     amp = resolve_precision(cfg.precision, device)
     ckpt, tok, model = load_model(ckpt_path, device)
-    result: Dict[str, Any] = {"ckpt": str(ckpt_path), "strategy": cfg.strategy}
+    result: Dict[str, Any] = {"ckpt": str(ckpt_path), "strategy": cfg.strategy.value}
     if cfg.split is not None:
         stored = ckpt["config"]
         src_text, refs = split_pairs(ckpt, cfg.split, cfg.data, cfg.max_sentences)
@@ -108,10 +74,8 @@ def run(cfg: EvaluateConfig) -> Dict[str, Any]:
             refs = refs[: cfg.max_sentences] if refs else None
         sources = [s + [EOS] for s in tok.encode(src_text)]
         name = Path(cfg.input).name
-    hyps = translate(model, tok, sources, strategy=cfg.strategy, beam_size=cfg.beam_size,
-                     len_penalty=cfg.len_penalty, max_len_a=cfg.max_len_a, max_len_b=cfg.max_len_b,
-                     batch_sentences=cfg.batch_sentences, device=device, amp_dtype=amp)
-    out = Path(cfg.output) if cfg.output else ckpt_path.parent.parent / "eval" / f"{name}.{cfg.strategy}.txt"
+    hyps = translate(model, tok, sources, cfg, device, amp)
+    out = Path(cfg.output) if cfg.output else ckpt_path.parent.parent / "eval" / f"{name}.{cfg.strategy.value}.txt"
     atomic_write_bytes(out, ("\n".join(hyps) + "\n").encode())
     result["output"] = str(out)
     if refs is not None:
@@ -119,19 +83,13 @@ def run(cfg: EvaluateConfig) -> Dict[str, Any]:
     return result
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(EvaluateConfig), OmegaConf.from_dotlist(argv))
-        result = run(OmegaConf.to_object(cfg))
-    except (OmegaConfBaseException, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
+def _print_run(cfg: EvaluateConfig) -> int:
+    print(json.dumps(run(cfg), indent=2))
     return 0
+
+
+def main(argv=None) -> int:
+    return run_tool(__doc__, EvaluateConfig, _print_run, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Validation metrics and translation scoring.
+"""Validation metrics, translation and its scoring, and a trained model with its data for the tools.
 
 Token accuracy follows OpenNMT-py's "Validation accuracy" (the paper's metric): teacher-forced,
 argmax over the vocabulary at every non-pad gold position of the target (all subword tokens and
@@ -13,28 +13,24 @@ secondary figure closer to the literature's lowercased Multi30k numbers.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from typing import Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import sacrebleu
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
-from .data import Example, Tokenizer, collate, make_batches
+from .data import SOURCES, Example, Tokenizer, collate, make_batches
 from .data.tokenizer import PAD
-from .decoding import beam_search, greedy_decode
-from .model import Seq2SeqTransformer
+from .decoding import DecodeConfig, decode_ids
+from .devices import autocast
+from .model import Seq2SeqTransformer, load_trained
 
 log = logging.getLogger(__name__)
-
-
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def smoothed_loss(logits: torch.Tensor, gold: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -81,31 +77,46 @@ def evaluate_split(model: Seq2SeqTransformer, examples: Sequence[Example], *, ba
 
 
 @torch.no_grad()
-def translate(model: Seq2SeqTransformer, tokenizer: Tokenizer, sources: Sequence[List[int]], *,
-              strategy: str = "beam", beam_size: int = 5, len_penalty: float = 1.0, max_len_a: float = 1.2,
-              max_len_b: int = 10, batch_sentences: int = 64, device: torch.device = torch.device("cpu"),
-              amp_dtype=None) -> List[str]:
-    """Detokenised translations of encoded sources (each ending in EOS), in input order."""
+def translate(model: Seq2SeqTransformer, tokenizer: Tokenizer, sources: Sequence[List[int]], decode: DecodeConfig,
+              device: torch.device = torch.device("cpu"), amp: Optional[torch.dtype] = None) -> List[str]:
+    """Detokenised translations of encoded sources (each ending in EOS), in input order, decoded
+    in batches of ``decode.batch_sentences`` sources of similar length under autocast ``amp``."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     out: List[Optional[str]] = [None] * len(sources)
-    dummy = [[PAD]]
-    for start in range(0, len(order), batch_sentences):
-        idx = order[start:start + batch_sentences]
-        src, _ = collate([(sources[i], dummy[0]) for i in idx], range(len(idx)))
-        src = src.to(device)
-        with autocast(device, amp_dtype):
-            if strategy == "greedy":
-                ids = greedy_decode(model, src, max_len_a, max_len_b)
-            elif strategy == "beam":
-                ids = beam_search(model, src, beam_size, max_len_a, max_len_b, len_penalty)
-            else:
-                raise ValueError(f"unknown decoding strategy {strategy!r}; use greedy or beam")
+    for start in range(0, len(order), decode.batch_sentences):
+        idx = order[start:start + decode.batch_sentences]
+        src, _ = collate([(sources[i], [PAD]) for i in idx], range(len(idx)))
+        with autocast(device, amp):
+            ids = decode_ids(model, src.to(device), decode)
         for i, text in zip(idx, tokenizer.decode(ids)):
             out[i] = text
     model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def load_model(ckpt_path: Path, device) -> Tuple[Dict[str, Any], Tokenizer, Any]:
+    """(checkpoint dict, its tokenizer, the model in eval mode on ``device``)."""
+    ckpt, model = load_trained(ckpt_path, device)
+    return ckpt, Tokenizer(ckpt["tokenizer"]), model
+
+
+def split_pairs(ckpt: Dict[str, Any], split: str, data_overrides: Optional[Dict[str, Any]] = None,
+                max_sentences: Optional[int] = None) -> Tuple[List[str], List[str]]:
+    """Source and reference lines of ``split`` of the run's data source, rebuilt from the config
+    stored in the checkpoint (``data_overrides`` replace its keys, e.g. ``root``)."""
+    stored = ckpt["config"]
+    data_cfg = stored["data"]
+    schema = SOURCES[data_cfg["name"]][0]
+    typed = OmegaConf.merge(OmegaConf.structured(schema), data_cfg, data_overrides or {})
+    corpus = SOURCES[typed.name][1](typed, stored["seed"])
+    if split not in corpus.splits:
+        raise ValueError(f"split={split!r} is unknown; use one of {sorted(corpus.splits)}")
+    src_text, refs = corpus.splits[split]
+    if max_sentences:
+        src_text, refs = src_text[:max_sentences], refs[:max_sentences]
+    return list(src_text), list(refs)
 
 
 _noted_periods = False

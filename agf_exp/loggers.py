@@ -1,8 +1,8 @@
 """Experiment loggers (``logger=none`` / ``logger=wandb``).
 
 The W&B logger starts one run per training run with the resolved config, logs per-step and
-per-evaluation metrics and the final summary, and always calls ``wandb.finish()`` (the trainer
-closes it in a ``finally``). Without an API key it runs offline (``wandb sync`` uploads later).
+per-evaluation metrics and the final summary, and always calls ``wandb.finish()`` (the run-dir
+layer closes it in a ``finally``). Without an API key it runs offline (``wandb sync`` uploads later).
 Its run id is stored in checkpoints so that a resumed run continues the same W&B run.
 """
 from __future__ import annotations
@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 
 class NullLogger:
+    """Logs nothing: the logger of ranks other than 0, of ``logger=none``, and the default of
+    :meth:`agf_exp.training.Trainer.fit`. :class:`WandbLogger` has the same methods."""
+
     run_id: Optional[str] = None
 
     def log(self, metrics: Dict[str, Any], step: int) -> None:

@@ -14,14 +14,18 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from . import checkpoint
+
 from .attention import AttnBackend, MultiHeadAttention
-from .positional import AttnType, PosConfig
+from .positional import MODES, AttnType, PosConfig
 
 
 class Norm(str, enum.Enum):
@@ -191,6 +195,28 @@ class Seq2SeqTransformer(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         positional = sum(p.numel() for p in self.positional_parameters())
         return {"total": total, "positional": positional}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any] | DictConfig, vocab_size: int, pad_id: int) -> "Seq2SeqTransformer":
+        """The model of a run's (resolved) config, ``pos`` and ``model`` typed by their schemas."""
+        cfg = OmegaConf.create(config) if not isinstance(config, DictConfig) else config
+        pos_name = cfg.pos.name
+        if pos_name not in MODES:
+            raise ValueError(f"unknown positional mode {pos_name!r}; known modes: {sorted(MODES)}")
+        pos = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MODES[pos_name].config_class), cfg.pos))
+        model_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg.model))
+        return cls(model_cfg, pos, vocab_size, pad_id, pe=bool(cfg.pe), pcmv=bool(cfg.pcmv), sco=bool(cfg.sco))
+
+
+def load_trained(path: str | Path, device: torch.device | str = "cpu",
+                 pad_id: int = 0) -> Tuple[Dict[str, Any], Seq2SeqTransformer]:
+    """(the checkpoint dict, its model with the saved weights, in eval mode on ``device``) of a
+    run's ``best.pt``/``last.pt``; the dict also holds the run's config and subword model (whose
+    pad id is 0: :mod:`agf_exp.data.tokenizer` refuses any other)."""
+    ckpt = checkpoint.load(Path(path), map_location="cpu")
+    model = Seq2SeqTransformer.from_config(ckpt["config"], ckpt["vocab_size"], pad_id)
+    model.load_state_dict(ckpt["model"])
+    return ckpt, model.to(device).eval()
 
 
 def reorder_cache(cache: List[dict], index: torch.Tensor) -> None:

@@ -6,7 +6,7 @@ PCM-V, SCO); this module only names rows and records what the paper measured. Th
 N (``sweeps/table/tableN.yaml``) runs the rows listed here, and a test checks that the two agree.
 
 The paper's metric is OpenNMT-py's validation accuracy (teacher-forced token accuracy, %) at the
-end of training on WMT17 en->de with a 3+3-layer Transformer-BIG (SPEC.md, Table 1).
+end of training on WMT17 en->de with a 3+3-layer Transformer-BIG (the paper's Table 1; docs/paper.md).
 """
 from __future__ import annotations
 

@@ -115,7 +115,6 @@ def variant(args) -> None:
             data_module.train_or_load = lambda *a, **k: Tokenizer(proto)
         trainer = Trainer(cfg, Path(tempfile.mkdtemp(dir=cache)))
         result["prepare_seconds"] = round(time.perf_counter() - start, 2)
-        trainer.logger = __import__("agf_exp.loggers", fromlist=["NullLogger"]).NullLogger()
         trainer.fit()
         result["steps"] = trainer.state.step
     result["seconds"] = round(time.perf_counter() - start, 2)

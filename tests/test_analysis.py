@@ -130,7 +130,7 @@ def test_profile_accumulator_on_constructed_attention():
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """A tiny AGF-M model trained on synthetic pairs of at most 24 source/target tokens."""
-    from agf_exp.training import train
+    from agf_exp.rundir import train
 
     from .conftest import make_cfg
 
@@ -169,7 +169,7 @@ def test_heads_cli_on_a_smoke_checkpoint(smoke_run):
 
 def test_report_reads_the_analysis_files_of_a_run(smoke_run):
     """The report's attention section and appendix, from the files the two CLIs above wrote."""
-    from agf_exp import claims, report
+    from agf_exp.results import claims, runs as result_runs
 
     run = smoke_run
     ckpt = f"ckpt={run / 'checkpoints/best.pt'}"
@@ -177,7 +177,7 @@ def test_report_reads_the_analysis_files_of_a_run(smoke_run):
         assert analyze.main(["decay", ckpt, "max_distance=12", "min_count=5", "max_sentences=100"]) == 0
     if not (run / "analysis/heads.json").is_file():
         assert analyze.main(["heads", ckpt, "max_sentences=60", "n_perms=3", "min_count=5"]) == 0
-    record = report.load_run(run, report.row_signatures())
+    record = result_runs.load_run(run, result_runs.row_signatures())
     assert record.row == "agf_m"
     evidence = claims.attention_evidence({"agf_m": [record]})
     decay_fits = json.loads((run / "analysis/decay.json").read_text())["fits"]
@@ -238,11 +238,11 @@ def test_synthetic_long_split_is_longer_and_leaves_the_other_splits_alone():
 
 def test_recording_attaches_to_self_attention_only_and_detaches():
     from agf_exp.attention import MultiHeadAttention
-    from agf_exp.training import build_model
+    from agf_exp.model import Seq2SeqTransformer
 
     from .conftest import make_cfg
 
-    model = build_model(make_cfg("experiment=smoke", "pos=alibi_bl"), vocab_size=50, pad_id=0).eval()
+    model = Seq2SeqTransformer.from_config(make_cfg("experiment=smoke", "pos=alibi_bl"), vocab_size=50, pad_id=0).eval()
     src = torch.randint(4, 50, (2, 7))
     tgt = torch.randint(4, 50, (2, 5))
     plain = model(src, tgt)
@@ -354,14 +354,14 @@ def test_recorded_logits_reproduce_the_attention_probabilities(mode, attn_type):
 def test_model_heads_with_only_positional_logits_and_vanilla_heads():
     """Zeroed query projections leave ALiBi-B-L self-attention logits = bias(δ): positional (1, 0);
     vanilla attention (pos=none) has no positional term in its logits: symbolic (0, 1)."""
-    from agf_exp.training import build_model
+    from agf_exp.model import Seq2SeqTransformer
 
     from .conftest import make_cfg
 
     src = torch.randint(4, 40, (40, 9), generator=torch.Generator().manual_seed(3))
     tgt = torch.randint(4, 40, (40, 8), generator=torch.Generator().manual_seed(4))
     examples = [(s.tolist(), t.tolist()) for s, t in zip(src, tgt)]
-    model = build_model(make_cfg("experiment=smoke", "pos=alibi_bl"), vocab_size=40, pad_id=0).eval()
+    model = Seq2SeqTransformer.from_config(make_cfg("experiment=smoke", "pos=alibi_bl"), vocab_size=40, pad_id=0).eval()
     with torch.no_grad():
         for name, module in model.named_modules():
             if name.endswith("self_attn"):
@@ -370,7 +370,7 @@ def test_model_heads_with_only_positional_logits_and_vanilla_heads():
     self_attn = [s for s in scores if s.attn_type in ("enc", "dec")]
     assert self_attn and all((s.P, s.S) == pytest.approx((1.0, 0.0), abs=1e-6) for s in self_attn)
     assert all(s.eta_pos == pytest.approx(1.0, abs=1e-6) and s.dominant == "positional" for s in self_attn)
-    vanilla = build_model(make_cfg("experiment=smoke", "pos=none"), vocab_size=40, pad_id=0).eval()
+    vanilla = Seq2SeqTransformer.from_config(make_cfg("experiment=smoke", "pos=none"), vocab_size=40, pad_id=0).eval()
     scores = heads.head_scores(vanilla, examples, pad_id=0, vocab_size=40, n_perms=3, min_count=5)
     assert all((s.P, s.S) == pytest.approx((0.0, 1.0), abs=1e-6) for s in scores)
     text = heads.to_markdown(scores, pe=True)

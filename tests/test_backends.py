@@ -156,7 +156,7 @@ def test_flex_compiles_a_bounded_number_of_variants(monkeypatch):
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
     from torch.nn.attention import flex_attention as fa
 
-    import agf_exp.attention as attention_module
+    import agf_exp.attention.kernels as attention_module
 
     monkeypatch.setitem(attention_module.FLEX_COMPILE, "cpu", "eager")
     monkeypatch.setattr(attention_module, "_COMPILED", {})

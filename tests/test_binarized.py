@@ -20,7 +20,7 @@ from agf_exp.data import DataError, make_batches, prepare_data
 from agf_exp.data import binarized
 from agf_exp.data.corpus import FilePairs, ListPairs
 from agf_exp.data.tokenizer import BOS, EOS
-from agf_exp.training import train
+from agf_exp.rundir import train
 
 from .conftest import make_cfg
 

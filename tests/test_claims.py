@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agf_exp import claims
-from agf_exp.report import Run
+from agf_exp.results import claims
+from agf_exp.results import stats as result_stats
+from agf_exp.results.runs import Run
 from agf_exp.tables import PAPER_ROWS
 
 FIG5 = [62.9851, 67.6618, 69.025, 69.7529, 70.1426, 70.4782, 70.6026, 70.7271, 70.7603, 70.9213]
@@ -42,12 +43,12 @@ def test_welch_interval_matches_scipy():
     from scipy import stats
 
     a, b = [70.1, 70.5, 70.3], [69.8, 69.9, 70.2, 69.7]
-    ci = claims.welch_ci(a, b)
+    ci = result_stats.welch_ci(a, b)
     t = stats.ttest_ind(a, b, equal_var=False)
     low, high = t.confidence_interval(0.95)
     assert ci["diff"] == pytest.approx(np.mean(a) - np.mean(b))
     assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((low, high))
-    assert claims.welch_ci([1.0], [2.0, 3.0])["ci_low"] is None
+    assert result_stats.welch_ci([1.0], [2.0, 3.0])["ci_low"] is None
 
 
 def test_claims_from_runs_follow_the_numbers():
@@ -173,13 +174,13 @@ def test_seeds_needed_is_the_welch_sample_size():
     16 with normal quantiles); "on par" within ±0.5 at a true difference of 0 needs 4× the
     variance budget; an effect the claim cannot show is reported as more than MAX_SEEDS."""
     a, b = [0.0, 1.0, 2.0], [5.0, 6.0, 7.0]  # sample SD exactly 1 each
-    assert claims.seeds_needed(a, b, 1.0, "better") == 17
-    n_par = claims.seeds_needed(a, b, 0.0, "par", margin=0.5)
+    assert result_stats.seeds_needed(a, b, 1.0, "better") == 17
+    n_par = result_stats.seeds_needed(a, b, 0.0, "par", margin=0.5)
     assert 63 <= n_par <= 66
-    assert claims.seeds_needed(a, b, 2.0, "better") < claims.seeds_needed(a, b, 1.0, "better")
-    assert claims.seeds_needed(a, b, -0.3, "better") == claims.MAX_SEEDS + 1
-    assert claims.seeds_needed(a, b, 0.7, "par", margin=0.5) == claims.MAX_SEEDS + 1
-    assert claims.seeds_needed([1.0], b, 1.0, "better") is None
+    assert result_stats.seeds_needed(a, b, 2.0, "better") < result_stats.seeds_needed(a, b, 1.0, "better")
+    assert result_stats.seeds_needed(a, b, -0.3, "better") == result_stats.MAX_SEEDS + 1
+    assert result_stats.seeds_needed(a, b, 0.7, "par", margin=0.5) == result_stats.MAX_SEEDS + 1
+    assert result_stats.seeds_needed([1.0], b, 1.0, "better") is None
 
 
 def test_each_claim_gets_a_bleu_verdict_and_inconclusive_ones_the_seeds_to_decide():
@@ -194,9 +195,9 @@ def test_each_claim_gets_a_bleu_verdict_and_inconclusive_ones_the_seeds_to_decid
     assert beats["seeds_needed"] is None
     improves = got["pcmv_agf_m"]
     assert improves["verdict"] == "inconclusive"
-    assert improves["seeds_needed"] == claims.seeds_needed(finals["agf_m_pcmv"], finals["agf_m"],
+    assert improves["seeds_needed"] == result_stats.seeds_needed(finals["agf_m_pcmv"], finals["agf_m"],
                                                            improves["paper_delta"], "better")
     text = claims.to_markdown(result)
     assert "val acc: **reproduced**; test BLEU: **inconclusive** | – |" in text
-    assert 2 < improves["seeds_needed"] <= claims.MAX_SEEDS
+    assert 2 < improves["seeds_needed"] <= result_stats.MAX_SEEDS
     assert f"| **inconclusive** | {improves['seeds_needed']} |" in text

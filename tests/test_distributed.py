@@ -12,7 +12,7 @@ import pytest
 
 from agf_exp import checkpoint
 from agf_exp.data import make_batches, prepare_data
-from agf_exp.training import train
+from agf_exp.rundir import train
 
 from .conftest import make_cfg
 
@@ -66,7 +66,7 @@ def test_process_group_timeouts_come_from_the_trainer_config(monkeypatch):
 
     import torch.distributed as torch_dist
 
-    from agf_exp import distributed, training
+    from agf_exp import distributed, rundir
 
     calls = {}
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -81,21 +81,19 @@ def test_process_group_timeouts_come_from_the_trainer_config(monkeypatch):
     assert (dist.rank, dist.world, dist.local_rank, dist.wait_group) == (1, 2, 1, "wait-group")
 
     seen = []
-    monkeypatch.setattr(training, "init_distributed", lambda *args: seen.append(args) or distributed.Dist())
-    monkeypatch.setattr(training, "_locked_train", lambda cfg, run_dir, dist, on_start: {})
-    training.train(make_cfg(*BASE, "trainer.dist_timeout_minutes=12", "trainer.dist_wait_minutes=240"), "unused")
+    monkeypatch.setattr(rundir, "init_distributed", lambda *args: seen.append(args) or distributed.Dist())
+    monkeypatch.setattr(rundir, "_locked_train", lambda cfg, run_dir, dist, on_start: {})
+    rundir.train(make_cfg(*BASE, "trainer.dist_timeout_minutes=12", "trainer.dist_wait_minutes=240"), "unused")
     assert seen == [("auto", 12.0, 240.0)]
 
 
 def test_a_rank_stops_with_another_ranks_preemption(tmp_path, monkeypatch):
     """Ranks agree on a pending preemption signal after every update (an all-reduce of the flag),
     so all stop after the same update; a rank that got no signal itself stops too."""
-    from agf_exp.loggers import NullLogger
     from agf_exp.preemption import Preempted
     from agf_exp.training import Trainer
 
     trainer = Trainer(make_cfg(*BASE), tmp_path)
-    trainer.logger = NullLogger()
     flags = []
 
     def any_rank(flag, device):  # the all-reduce, where another rank was signalled at step 3

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from agf_exp.model import ModelConfig, Seq2SeqTransformer
-from agf_exp.plot_fields import draw, fields
+from agf_exp.analysis.fields import draw, fields
 from agf_exp.positional import MODES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def test_draw_writes_one_png_per_module_and_an_overview(tmp_path):
 
 
 def test_cli_on_a_checkpoint(tmp_path):
-    from agf_exp.training import train
+    from agf_exp.rundir import train
 
     from .conftest import make_cfg
 

@@ -31,7 +31,7 @@ def test_agf_initial_field_matches_the_formula():
     d = delta.abs().float()[0]
     expected = 1.0 / (1.0 + d / 24.0) ** 2
     torch.testing.assert_close(coef[0, 0], expected)
-    # the values quoted in the notes
+    # the values quoted in docs/positional-modes.md
     for dist, value in [(1, 0.9216), (10, 0.4983), (24, 0.25), (95, 0.0408)]:
         assert coef[0, 0, 100 + dist].item() == pytest.approx(value, abs=5e-4)
 

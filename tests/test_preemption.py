@@ -10,7 +10,8 @@ import torch
 
 from agf_exp import checkpoint
 from agf_exp.preemption import Preempted
-from agf_exp.training import Trainer, train
+from agf_exp.rundir import train
+from agf_exp.training import Trainer
 
 from .conftest import CONF_DIR, make_cfg
 

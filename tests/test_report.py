@@ -12,6 +12,11 @@ import pytest
 import sacrebleu
 
 from agf_exp import report
+from agf_exp.results import ReportError
+from agf_exp.results.format import round_floats, to_json, to_markdown
+from agf_exp.results.runs import Run, collect_wandb, row_of, row_signatures
+from agf_exp.results.stats import bleu_from_statistics, bleu_statistics, mean_ci, paired_bootstrap
+from agf_exp.results.tabulate import report_table
 
 
 def corpus(n=60, seed=0):
@@ -31,76 +36,76 @@ def test_bleu_from_statistics_equals_sacrebleu(p):
     rng, words, refs = corpus()
     hyps = perturb(rng, words, refs, p)
     hyps[0] = ""  # an empty translation
-    stats = report.bleu_statistics(hyps, refs)
+    stats = bleu_statistics(hyps, refs)
     assert stats.shape == (60, 10)
     expected = sacrebleu.BLEU().corpus_score(hyps, [refs]).score
-    assert report.bleu_from_statistics(stats.sum(0)) == pytest.approx(expected, abs=1e-9)
+    assert bleu_from_statistics(stats.sum(0)) == pytest.approx(expected, abs=1e-9)
     # subsets too (what the bootstrap evaluates)
     idx = np.arange(0, 60, 3)
     sub = sacrebleu.BLEU().corpus_score([hyps[i] for i in idx], [[refs[i] for i in idx]]).score
-    assert report.bleu_from_statistics(stats[idx].sum(0)) == pytest.approx(sub, abs=1e-9)
+    assert bleu_from_statistics(stats[idx].sum(0)) == pytest.approx(sub, abs=1e-9)
 
 
 def test_paired_bootstrap_separates_a_better_system_and_not_identical_ones():
     rng, words, refs = corpus(200)
-    good = [report.bleu_statistics(perturb(random.Random(s), words, refs, 0.1), refs) for s in (1, 2)]
-    bad = [report.bleu_statistics(perturb(random.Random(s), words, refs, 0.6), refs) for s in (3, 4)]
-    better = report.paired_bootstrap(good, bad, n_samples=300)
+    good = [bleu_statistics(perturb(random.Random(s), words, refs, 0.1), refs) for s in (1, 2)]
+    bad = [bleu_statistics(perturb(random.Random(s), words, refs, 0.6), refs) for s in (3, 4)]
+    better = paired_bootstrap(good, bad, n_samples=300)
     assert better["diff"] > 10 and better["ci_low"] > 0 and better["p"] < 0.01
-    same = report.paired_bootstrap(good, good, n_samples=300)
+    same = paired_bootstrap(good, good, n_samples=300)
     assert same["diff"] == 0 and same["p"] == 1.0
-    with pytest.raises(report.ReportError, match="same test sentences"):
-        report.paired_bootstrap(good, [bad[0][:10]])
+    with pytest.raises(ReportError, match="same test sentences"):
+        paired_bootstrap(good, [bad[0][:10]])
 
 
 def test_mean_ci_uses_student_t():
-    stat = report.mean_ci([1.0, 2.0, 3.0])
+    stat = mean_ci([1.0, 2.0, 3.0])
     assert stat["mean"] == 2.0 and stat["std"] == pytest.approx(1.0) and stat["n"] == 3
     half = 4.302652729911275 / np.sqrt(3)  # t(0.975, 2)
     assert (stat["ci_low"], stat["ci_high"]) == pytest.approx((2 - half, 2 + half))
-    one = report.mean_ci([5.0])
+    one = mean_ci([5.0])
     assert one["mean"] == 5.0 and one["std"] is None and one["ci_low"] is None
-    assert report.mean_ci([])["n"] == 0
+    assert mean_ci([])["n"] == 0
 
 
 def test_table3_is_computed_by_the_attention_code():
-    result = report.report_table("table3", [])
+    result = report_table("table3", [])
     first, second = result["example"]
     assert first["score"] == pytest.approx(10) and second["score"] == pytest.approx(10)
     assert first["softmax"] == pytest.approx(0.5) and second["softmax"] == pytest.approx(0.5)
     assert result["output"] == pytest.approx(0.5 * 100 + 0.5 * 20)
     assert result["output_pcmv"] == pytest.approx(0.5 * 0.1 * 100 + 0.5 * 0.5 * 20)
-    assert "| 100 | 0.1 |" in report.to_markdown(result)
+    assert "| 100 | 0.1 |" in to_markdown(result)
 
 
 def test_runs_without_a_row_value_are_matched_by_their_toggles():
-    sig = report.row_signatures()
-    assert report.row_of({"pos": {"name": "agf_m"}, "pcmv": True, "sco": False, "pe": False}, sig) == "agf_m_pcmv"
-    assert report.row_of({"pos": {"name": "none"}, "pcmv": False, "sco": False, "pe": True}, sig) == "vanilla"
-    assert report.row_of({"pos": {"name": "rope"}, "pcmv": False, "sco": False, "pe": False}, sig) is None
+    sig = row_signatures()
+    assert row_of({"pos": {"name": "agf_m"}, "pcmv": True, "sco": False, "pe": False}, sig) == "agf_m_pcmv"
+    assert row_of({"pos": {"name": "none"}, "pcmv": False, "sco": False, "pe": True}, sig) == "vanilla"
+    assert row_of({"pos": {"name": "rope"}, "pcmv": False, "sco": False, "pe": False}, sig) is None
 
 
 def test_several_experiments_need_a_choice(tmp_path):
     def fake(exp, seed):
-        return report.Run(f"{exp}/{seed}", {"row": "vanilla", "seed": seed, "experiment": exp},
+        return Run(f"{exp}/{seed}", {"row": "vanilla", "seed": seed, "experiment": exp},
                           {"status": "complete", "final": {"val_acc": 50.0}, "decoding": {}}, [], "vanilla")
     runs = [fake("smoke", 1), fake("small", 1)]
-    with pytest.raises(report.ReportError, match="--experiment"):
-        report.report_table("table2", runs)
-    result = report.report_table("table2", runs, experiment="small")
+    with pytest.raises(ReportError, match="--experiment"):
+        report_table("table2", runs)
+    result = report_table("table2", runs, experiment="small")
     assert result["rows"][0]["runs"] == ["small/1"]
     assert "agf: no finished run" in result["missing"]
 
 
 def test_seeds_every_row_should_have_are_listed_as_missing(capsys):
     def fake(row, seed):
-        return report.Run(f"{row}/{seed}", {"row": row, "seed": seed, "experiment": "small"},
+        return Run(f"{row}/{seed}", {"row": row, "seed": seed, "experiment": "small"},
                           {"status": "complete", "final": {"val_acc": 50.0}, "decoding": {}}, [], row)
     runs = [fake("vanilla", 1), fake("vanilla", 2), fake("agf", 1)]
-    assert report.report_table("table2", runs)["missing"] == ["agf seed 2", "agf_m: no finished run"]
-    result = report.report_table("table2", runs, seeds=[1, 2, 3])
+    assert report_table("table2", runs)["missing"] == ["agf seed 2", "agf_m: no finished run"]
+    result = report_table("table2", runs, seeds=[1, 2, 3])
     assert result["missing"] == ["vanilla seed 3", "agf seed 2", "agf seed 3", "agf_m: no finished run"]
-    assert "Missing: `vanilla seed 3`, `agf seed 2`" in report.to_markdown(result)
+    assert "Missing: `vanilla seed 3`, `agf seed 2`" in to_markdown(result)
     with pytest.raises(SystemExit):
         report.main(["table2", "--seeds", "1,two"])
     assert "'1,two' is not a comma-separated list of integer seeds" in capsys.readouterr().err
@@ -114,16 +119,16 @@ def test_table1_hides_the_data_folder_and_counts_mixed_hardware():
         summary = {"status": "complete", "final": {"val_acc": 50.0}, "decoding": {}, "device": "cpu",
                    "cpu_threads": threads, "platform": "Linux", "train_pairs": 29000,
                    "data": "multi30k task1 en-de (/home/me/multi30k)"}
-        return report.Run(f"{row}/{seed}", config, summary, [], row)
+        return Run(f"{row}/{seed}", config, summary, [], row)
 
     runs = [fake("vanilla", 1, 2), fake("vanilla", 2, 1), fake("agf", 1, 1)]
-    ours = {i["item"]: i["ours"] for i in report.report_table("table1", runs)["setup"]}
+    ours = {i["item"]: i["ours"] for i in report_table("table1", runs)["setup"]}
     assert ours["Dataset"] == ("multi30k task1 en-de (data.root) (29000 training pairs; subwords: validation "
                                "tokens not recorded)")
     assert ours["Hardware"] == "cpu, 1 CPU thread; Linux (2 runs); cpu, 2 CPU threads; Linux (1 run)"
     assert ("Runs: 2 vanilla (architecture, precision, training duration); 3 finished in all (subwords, hardware)."
-            in report.to_markdown(report.report_table("table1", runs)))
-    ours = {i["item"]: i["ours"] for i in report.report_table("table1", runs[:1])["setup"]}
+            in to_markdown(report_table("table1", runs)))
+    ours = {i["item"]: i["ours"] for i in report_table("table1", runs[:1])["setup"]}
     assert ours["Hardware"] == "cpu, 2 CPU threads; Linux"
 
 
@@ -134,17 +139,17 @@ def test_runs_with_different_subword_models_are_flagged(tmp_path):
         config = {"row": row, "seed": seed, "experiment": "small", "data": {"root": None}, "trainer": {"precision": "fp32"},
                   "model": {"name": "small", "d_model": 256, "n_heads": 4, "d_ff": 1024, "norm": "pre",
                             "enc_layers": 3, "dec_layers": 3}}
-        return report.Run(f"{row}/{seed}", config, summary, [], row)
+        return Run(f"{row}/{seed}", config, summary, [], row)
 
     same = [fake("vanilla", 1, 17177, "0.2.3"), fake("agf", 1, 17177, "0.2.3")]
-    assert report.report_table("table2", same)["warnings"] == []
+    assert report_table("table2", same)["warnings"] == []
     mixed = same + [fake("vanilla", 2, 16350, "0.2.1")]
-    result = report.report_table("table2", mixed)
+    result = report_table("table2", mixed)
     assert len(result["warnings"]) == 1
     assert ("17177 validation target tokens (sentencepiece 0.2.3 model 0.2.30.2.30.): 2 runs; 16350 validation "
             "target tokens (sentencepiece 0.2.1 model 0.2.10.2.10.): 1 run") in result["warnings"][0]
-    assert "**Caution:** These runs use 2 different subword segmentations" in report.to_markdown(result)
-    ours = {i["item"]: i["ours"] for i in report.report_table("table1", mixed)["setup"]}
+    assert "**Caution:** These runs use 2 different subword segmentations" in to_markdown(result)
+    ours = {i["item"]: i["ours"] for i in report_table("table1", mixed)["setup"]}
     assert "subwords: 17177 validation target tokens (sentencepiece 0.2.3 model 0.2.30.2.30.), 2 runs; 16350" in ours["Dataset"]
 
 
@@ -179,10 +184,10 @@ def test_collect_wandb_reads_config_summary_and_translations(tmp_path):
             run.file = File
             return [run]
 
-    (run,) = report.collect_wandb("team/agf-exp", "table2", api=Api(), download_dir=tmp_path / "dl")
+    (run,) = collect_wandb("team/agf-exp", "table2", api=Api(), download_dir=tmp_path / "dl")
     assert run.complete and run.row == "vanilla" and run.experiment == "small" and run.seed == 1
     assert run.files["test.greedy"] == refs and run.metrics[0]["val_acc"] == 61.0
-    assert report.report_table("table2", [run])["rows"][0]["val_acc"]["mean"] == 61.0
+    assert report_table("table2", [run])["rows"][0]["val_acc"]["mean"] == 61.0
 
 
 def test_all_tables_into_a_folder_that_does_not_exist_yet(tmp_path):
@@ -195,7 +200,7 @@ def test_written_floats_are_rounded_so_regenerated_files_match():
     """Last-bit differences (numpy's vectorised sums differ between machines) do not reach the files."""
     a = {"rows": [{"ci_low": -1.748290782217184, "n": 3, "label": "x"}], "p": 0.001998001998001998}
     b = {"rows": [{"ci_low": -1.7482907822171843, "n": 3, "label": "x"}], "p": 0.001998001998001998}
-    assert report.to_json(a) == report.to_json(b)
-    assert json.loads(report.to_json(a)) == {"rows": [{"ci_low": -1.74829078222, "n": 3, "label": "x"}],
+    assert to_json(a) == to_json(b)
+    assert json.loads(to_json(a)) == {"rows": [{"ci_low": -1.74829078222, "n": 3, "label": "x"}],
                                              "p": 0.001998001998}
-    assert report.round_floats([float("nan"), 1e-300, 2.5, True, None])[1:] == [1e-300, 2.5, True, None]
+    assert round_floats([float("nan"), 1e-300, 2.5, True, None])[1:] == [1e-300, 2.5, True, None]

@@ -13,9 +13,12 @@ import pytest
 import yaml
 
 from agf_exp import report
+from agf_exp.results.format import to_markdown
+from agf_exp.results.runs import collect_runs
+from agf_exp.results.tabulate import report_table
 from agf_exp.config import ConfigError
 from agf_exp.tables import PAPER_ROWS, TABLES
-from agf_exp.training import train
+from agf_exp.rundir import train
 
 from .conftest import make_cfg
 
@@ -24,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST = ["experiment=smoke", "trainer.max_epochs=1", "data.train_size=400", "data.valid_size=40", "data.test_size=40",
         "trainer.decode_strategies=[greedy]", "trainer.max_decode_sentences=20"]
 
-# SPEC.md's table of rows: (positional mode, PE, PCM-V, SCO)
-SPEC_ROWS = {
+# the paper's rows (docs/paper.md): (positional mode, PE, PCM-V, SCO)
+PAPER_ROW_TOGGLES = {
     "vanilla": ("none", True, False, False),
     "agf": ("agf", False, False, False),
     "agf_m": ("agf_m", False, False, False),
@@ -42,7 +45,7 @@ SPEC_ROWS = {
 @pytest.mark.parametrize("row", sorted(PAPER_ROWS))
 def test_row_config_has_the_papers_toggles(row):
     cfg = make_cfg(f"row={row}")
-    assert (cfg.pos.name, cfg.pe, cfg.pcmv, cfg.sco) == SPEC_ROWS[row]
+    assert (cfg.pos.name, cfg.pe, cfg.pcmv, cfg.sco) == PAPER_ROW_TOGGLES[row]
     assert cfg.row == row and cfg.run_name == row
 
 
@@ -151,8 +154,8 @@ def test_exported_runs_give_the_same_report(swept, tmp_path):
         return [without_paths(v) for v in obj] if isinstance(obj, list) else obj
 
     for name in ("table1", "table4"):
-        a = report.report_table(name, report.collect_runs(src), "smoke", n_bootstrap=200)
-        b = report.report_table(name, report.collect_runs(dest), "smoke", n_bootstrap=200)
+        a = report_table(name, collect_runs(src), "smoke", n_bootstrap=200)
+        b = report_table(name, collect_runs(dest), "smoke", n_bootstrap=200)
         assert without_paths(a) == without_paths(b)
 
 
@@ -169,10 +172,10 @@ def test_report_lists_missing_and_unfinished_runs(swept, tmp_path):
     shutil.copytree(swept / "outputs/sweeps/table2", runs / "table2")
     (runs / "table2/smoke/agf/seed1/summary.json").unlink()  # interrupted before its summary
     shutil.rmtree(runs / "table2/smoke/agf_m")  # never ran
-    result = report.report_table("table2", report.collect_runs(runs), n_bootstrap=50)
+    result = report_table("table2", collect_runs(runs), n_bootstrap=50)
     assert result["unfinished"] == [str(runs / "table2/smoke/agf/seed1")]
     assert sorted(result["missing"]) == ["agf: no finished run", "agf_m: no finished run"]  # not also per seed
-    md = report.to_markdown(result)
+    md = to_markdown(result)
     assert "Unfinished" in md and "Missing" in md
 
 
@@ -208,7 +211,7 @@ def test_naming_the_subword_model_a_finished_run_used_keeps_it_complete(tmp_path
     from omegaconf import OmegaConf
 
     from agf_exp.config import to_container
-    from agf_exp.training import completed_summary
+    from agf_exp.rundir import completed_summary
 
     old = to_container(make_cfg("experiment=small", "row=agf_m"))
     del old["data"]["subword_file"]
@@ -230,7 +233,7 @@ def test_options_added_after_a_run_finished_do_not_make_it_a_different_run(tmp_p
     from omegaconf import OmegaConf
 
     from agf_exp.config import to_container
-    from agf_exp.training import completed_summary
+    from agf_exp.rundir import completed_summary
 
     cfg = make_cfg("experiment=small", "row=agf_m")
     old = to_container(cfg)

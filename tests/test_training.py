@@ -13,7 +13,8 @@ import torch
 import agf_exp.training as training
 from agf_exp import checkpoint, evaluate
 from agf_exp.config import ConfigError
-from agf_exp.training import Trainer, TrainingError, train
+from agf_exp.rundir import train
+from agf_exp.training import Trainer, TrainingError
 
 from .conftest import make_cfg
 
@@ -272,15 +273,17 @@ def test_sigterm_during_the_final_decoding_stops_with_the_preemption_message(tmp
 
     from agf_exp.preemption import Preempted
 
-    real = Trainer.final_decode
+    from agf_exp import rundir
 
-    def signalled(self):
+    real = rundir.final_decode
+
+    def signalled(trainer):
         signal.raise_signal(signal.SIGTERM)  # arrives while decoding
-        return real(self)
+        return real(trainer)
 
-    monkeypatch.setattr(Trainer, "final_decode", signalled)
+    monkeypatch.setattr(rundir, "final_decode", signalled)
     with pytest.raises(Preempted, match="stopped by SIGTERM during the final decoding after saving last.pt"):
         train(make_cfg(*FAST, "trainer.max_epochs=1"), tmp_path)
-    monkeypatch.setattr(Trainer, "final_decode", real)
+    monkeypatch.setattr(rundir, "final_decode", real)
     summary = train(make_cfg(*FAST, "trainer.max_epochs=1"), tmp_path)  # resumes at the end and decodes
     assert summary["status"] == "complete"

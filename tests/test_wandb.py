@@ -9,7 +9,8 @@ import time
 import pytest
 
 from agf_exp.loggers import auto_tags, read_offline_run
-from agf_exp.training import Trainer, train
+from agf_exp.rundir import train
+from agf_exp.training import Trainer
 
 from .conftest import make_cfg
 
@@ -128,7 +129,7 @@ def test_disabled_mode_trains_without_wandb_files(wandb_env):
 def test_wandb_run_is_finished_when_training_fails(wandb_env, monkeypatch):
     import wandb
 
-    def boom(self):
+    def boom(self, logger):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(Trainer, "fit", boom)

@@ -205,3 +205,34 @@ def plot(fits: Dict[str, CurveFit], x, y, path: Path, title: str = "learning cur
 
 def as_dict(fits: Dict[str, CurveFit]) -> Dict[str, dict]:
     return {k: asdict(v) for k, v in fits.items()}
+
+
+def plot_run_curves(run_dir: Path) -> Optional[Path]:
+    """``<run dir>/curves.png``: validation accuracy and training/validation loss per evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = read_metrics(Path(run_dir) / "metrics.jsonl")
+    if not evals:
+        return None
+    x = [e["epoch_fraction"] for e in evals]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(x, [e["val_acc"] for e in evals], marker="o")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("validation accuracy (%)")
+    ax2.plot(x, [e["val_loss"] for e in evals], marker="o", label="validation")
+    train = [(xi, e["train_loss"]) for xi, e in zip(x, evals) if e.get("train_loss") is not None]
+    if train:
+        ax2.plot(*zip(*train), marker="o", label="training (smoothed)")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("loss")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(run_dir) / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

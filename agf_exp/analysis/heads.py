@@ -8,7 +8,7 @@ Two scores per head, computed on a data split (teacher-forced), for every attent
 Symbolic Attention Behavior in Transformers", arXiv 2511.11579, ICLR 2026: a head is *positional*
 when its logits are invariant to permuting the key contents among the positions and *symbolic*
 when they move with the contents). The paper's exact formula was not available to us; this is our
-reconstruction of its definitions (``notes/positional-modes.md`` section 2). For a query ``m``
+reconstruction of its definitions (``docs/positional-modes.md`` section 2). For a query ``m``
 with valid keys ``S`` (non-padding; causal decoder: ``n <= m``) and a random permutation ``σ`` of
 ``S``, let ``p`` be the attention row, ``p_σ`` the row when key *contents* are moved
 (``k_n -> k_σ(n)``) while positions stay fixed (positional terms, rotation and masks of position

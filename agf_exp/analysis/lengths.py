@@ -18,6 +18,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
+
+from ..data import encode_pairs
+from ..decoding import DecodeConfig
+from ..evaluation import evaluate_split, score_translations, translate
 
 
 def bucket_labels(edges: Sequence[int]) -> List[str]:
@@ -50,24 +55,15 @@ class BucketResult:
     ppl: Optional[float] = None
 
 
-def evaluate_by_length(model, tokenizer, src_text: Sequence[str], refs: Sequence[str], edges: Sequence[int], *,
-                       train_max_len: Optional[int] = None, strategy: str = "beam", beam_size: int = 5,
-                       len_penalty: float = 1.0, max_len_a: float = 1.2, max_len_b: int = 10,
-                       batch_sentences: int = 64, batch_tokens: int = 8192, label_smoothing: float = 0.0,
-                       device=None, amp_dtype=None):
+def evaluate_by_length(model, tokenizer, src_text: Sequence[str], refs: Sequence[str], edges: Sequence[int],
+                       decode: Optional[DecodeConfig] = None, *, train_max_len: Optional[int] = None,
+                       batch_tokens: int = 8192, label_smoothing: float = 0.0, device=None, amp_dtype=None):
     """(``BucketResult`` per bucket, the translations in input order, their bucket indices)."""
-    import torch
-
-    from ..data import encode_pairs
-    from ..evaluation import evaluate_split, score_translations, translate
-
     device = device or torch.device("cpu")
     examples = encode_pairs(tokenizer, list(src_text), list(refs))
     lengths = [len(s) - 1 for s, _ in examples]
     which = assign(lengths, edges)
-    hyps = translate(model, tokenizer, [s for s, _ in examples], strategy=strategy, beam_size=beam_size,
-                     len_penalty=len_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
-                     batch_sentences=batch_sentences, device=device, amp_dtype=amp_dtype)
+    hyps = translate(model, tokenizer, [s for s, _ in examples], decode or DecodeConfig(), device, amp_dtype)
     results = []
     for b, label in enumerate(bucket_labels(edges)):
         idx = np.flatnonzero(which == b)

@@ -1,14 +1,15 @@
 """Data: raw parallel corpora -> joint sentencepiece -> id sequences -> token-count batches.
 
 Sources (``data=...``): ``synthetic`` (generated, the default), ``multi30k``, ``files``,
-``wmt17_en_de``; each is one module that registers its config schema and loader with
-:func:`register_source`. Large training splits are binarised once and streamed from disk
-(:mod:`agf_exp.data.binarized`).
+``wmt17_en_de``; each is one module of this package that registers its config schema and loader
+with :func:`register_source` (found without a list: add a file and ``conf/data/<name>.yaml``).
+Large training splits are binarised once and streamed from disk (:mod:`agf_exp.data.binarized`).
 """
 from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -17,8 +18,11 @@ from . import binarized
 from .corpus import SOURCES, SPLITS, DataConfig, DataError, ParallelCorpus, expand, register_source
 from .tokenizer import BOS, EOS, Tokenizer, load_model_file, train_or_load
 
-for _name in ("synthetic", "multi30k", "files", "wmt17"):
-    importlib.import_module(f"{__name__}.{_name}")
+# every module of this package is imported, so a new source file that calls register_source is
+# found without editing a list (as positional modes are)
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "__main__":
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 log = logging.getLogger(__name__)
 

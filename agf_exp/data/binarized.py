@@ -263,29 +263,3 @@ class BinarizedExamples(Sequence):
             return [self[k] for k in range(*i.indices(len(self)))]
         j = int(self.index[i])
         return self._side("src", j) + [EOS], [BOS] + self._side("tgt", j) + [EOS]
-
-
-def main(argv=None) -> int:
-    """Build the cache of a data config ahead of training (same overrides as run.py)."""
-    import sys
-
-    from hydra import compose, initialize_config_dir
-
-    from .. import config  # noqa: F401  (registers the config schemas with Hydra)
-    from . import load_corpus
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    overrides = list(sys.argv[1:] if argv is None else argv)
-    conf_dir = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
-        cfg = compose(config_name="config", overrides=overrides)
-    try:
-        corpus = load_corpus(cfg.data, cfg.seed)
-        if corpus.train_pairs is None:
-            raise DataError(f"data={cfg.data.name} is read into memory; pass data.binarize=true to binarise it")
-        _, examples = prepare(cfg.data, corpus.train_pairs)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{examples.path}: {examples.meta['pairs']} pairs, {len(examples)} within data.max_len")
-    return 0

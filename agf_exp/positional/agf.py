@@ -12,7 +12,7 @@ G = exp(log_g) and 1/r = exp(log_inv_r), so both stay positive; G starts at 1 (l
 distance 0 start unchanged). log C is computed as ``log G - k * log1p(d / r)`` and exponentiated
 once, so C never underflows to an exact 0 before the log. G is capped at ``g_max`` and 1/r is
 kept in ``[inv_r_min, inv_r_max]`` (r >= 0.5 by default) to avoid the temperature blow-ups and
-underflow listed in the notes' numerical pitfalls.
+underflow listed in docs/positional-modes.md section 4 (numerical pitfalls).
 """
 from __future__ import annotations
 

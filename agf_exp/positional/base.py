@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Type
+from typing import Dict, List, NamedTuple, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -66,6 +66,15 @@ class PosTable(NamedTuple):
     log_coef: Optional[torch.Tensor] = None  # [H, R]: log C (multiplicative modes)
     bias: Optional[torch.Tensor] = None  # [H, R]: B (additive modes)
     channel: Optional[torch.Tensor] = None  # [H, R, d_head]: W (channelwise modes)
+
+    def value_log(self) -> Optional[torch.Tensor]:
+        """PCM-V's value weight, in log space: ``log V = log C + B`` ([H, R], fp32). V is the
+        multiplicative coefficient C, ``exp(B)`` for an additive mode (the paper's PCM-V-Exp), or
+        their product; None for a mode with neither. Every attention path takes V from here."""
+        parts = [t.float() for t in (self.log_coef, self.bias) if t is not None]
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
 class PosTerms(NamedTuple):
@@ -131,23 +140,33 @@ class PositionalMode(nn.Module):
         attention uses :meth:`relative_terms`, which does not)."""
         if not self.relative:
             return PosTerms()
-        return self._gather(range(int(delta.min()), int(delta.max()) + 1), delta)
+        return self._gather(range(int(delta.min()), int(delta.max()) + 1), delta)[0]
 
     def relative_terms(self, lq: int, lk: int, q_offset: int, device) -> PosTerms:
         """``terms(relative_offsets(lq, lk, q_offset))`` for ``Lq`` queries from absolute
         position ``q_offset`` against ``Lk`` keys from 0, with the range taken on the host."""
-        if not self.relative:
-            return PosTerms()
-        return self._gather(offset_range(lq, lk, q_offset), relative_offsets(lq, lk, q_offset, device))
+        return self.relative_terms_and_values(lq, lk, q_offset, device, values=False)[0]
 
-    def _gather(self, span: range, delta: torch.Tensor) -> PosTerms:
+    def relative_terms_and_values(self, lq: int, lk: int, q_offset: int, device,
+                                  values: bool = True) -> Tuple[PosTerms, Optional[torch.Tensor]]:
+        """:meth:`relative_terms` and PCM-V's value weight ``V [H, Lq, Lk]`` (from
+        :meth:`PosTable.value_log`; None without ``values`` or for a mode with neither C nor B),
+        from one :meth:`table`."""
+        if not self.relative:
+            return PosTerms(), None
+        return self._gather(offset_range(lq, lk, q_offset), relative_offsets(lq, lk, q_offset, device), values)
+
+    def _gather(self, span: range, delta: torch.Tensor,
+                values: bool = False) -> Tuple[PosTerms, Optional[torch.Tensor]]:
         tab = self.table(torch.arange(span.start, span.stop, device=delta.device))
         idx = delta - span.start
-        return PosTerms(
+        value_log = tab.value_log() if values else None
+        terms = PosTerms(
             None if tab.log_coef is None else tab.log_coef[:, idx].exp(),
             None if tab.bias is None else tab.bias[:, idx],
             None if tab.channel is None else tab.channel[:, idx],
         )
+        return terms, None if value_log is None else value_log[:, idx].exp()
 
     def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rotary modes: transform ``x [B, H, L, d_head]`` at absolute ``positions [L]``."""

@@ -27,18 +27,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .analysis.curves import ACCURACY_MAX, MAX_CEILING_CI_WIDTH, fit_learning_curve
-from .tables import PAPER_ROWS, Table
+from ..analysis.curves import ACCURACY_MAX, MAX_CEILING_CI_WIDTH, fit_learning_curve
+from ..tables import PAPER_ROWS, Table
+from .runs import Run
+from .stats import MAX_SEEDS, PAR_MARGIN, POWER, paired_bootstrap, seeds_needed, welch_ci
+from .tabulate import decoded_statistics, pick_experiment, segmentation_warning, select_runs
 
-PAR_MARGIN = 0.5  # validation-accuracy points within which two rows count as "on par"
 BLEU_PAR_MARGIN = 0.5  # test-BLEU points within which two rows count as "on par"
 AIC_MARGIN = 2.0
-POWER = 0.8  # the probability of a decisive interval that seeds_needed aims for
-MAX_SEEDS = 1000  # seeds_needed reports "> MAX_SEEDS" beyond this
 
 
 @dataclass(frozen=True)
@@ -69,62 +69,6 @@ CLAIMS: List[Claim] = [
 ]
 
 
-def welch_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Dict[str, Any]:
-    """Mean difference ``mean(a) − mean(b)`` with a Welch t interval (None where a side has n < 2)."""
-    from scipy import stats
-
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    out: Dict[str, Any] = {"diff": None, "ci_low": None, "ci_high": None, "n": [len(x), len(y)]}
-    if len(x) and len(y):
-        out["diff"] = float(x.mean() - y.mean())
-    if len(x) < 2 or len(y) < 2:
-        return out
-    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
-    se = math.sqrt(vx + vy)
-    if se == 0:
-        out["ci_low"] = out["ci_high"] = out["diff"]
-        return out
-    dof = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
-    out.update(ci_low=out["diff"] - half, ci_high=out["diff"] + half)
-    return out
-
-
-def seeds_needed(a: Sequence[float], b: Sequence[float], effect: float, kind: str,
-                 margin: float = PAR_MARGIN, power: float = POWER) -> Optional[int]:
-    """Seeds per row for which the 95% Welch interval of ``mean(a) − mean(b)`` decides the claim
-    with probability ``power`` if the true difference is the paper's ``effect`` and the seeds
-    spread as measured (sample SDs of ``a`` and ``b``): the standard normal-theory sample size
-    for Welch's two-sample t test, iterated with t quantiles at the Welch degrees of freedom,
-    ``n = (t_{0.975} + t_{power})² (s_a² + s_b²) / δ²``, where ``δ = effect`` for ``better`` (the
-    interval excludes 0) and ``δ = margin − |effect|`` for ``par`` (two one-sided tests: the
-    interval inside ``±margin``). None when a row has < 2 seeds; ``MAX_SEEDS + 1`` when the
-    effect cannot be decided (``better`` with effect <= 0, ``par`` with |effect| >= margin)."""
-    from scipy import stats
-
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(x) < 2 or len(y) < 2:
-        return None
-    var = float(x.var(ddof=1) + y.var(ddof=1))
-    delta = effect if kind == "better" else margin - abs(effect)
-    if delta <= 0:
-        return MAX_SEEDS + 1
-    if var == 0:
-        return 2
-    fourth = float(x.var(ddof=1) ** 2 + y.var(ddof=1) ** 2)
-    n = max(2, math.ceil((stats.norm.ppf(0.975) + stats.norm.ppf(power)) ** 2 * var / delta ** 2))  # normal start
-    if n > MAX_SEEDS:
-        return MAX_SEEDS + 1
-    for _ in range(100):
-        dof = max(var ** 2 * (n - 1) / fourth, 1.0)
-        need = (stats.t.ppf(0.975, dof) + stats.t.ppf(power, dof)) ** 2 * var / delta ** 2
-        new = max(2, math.ceil(need))
-        if new == n or new > MAX_SEEDS:
-            return min(new, MAX_SEEDS + 1)
-        n = new
-    return n
-
-
 def verdict(kind: str, ci_low: Optional[float], ci_high: Optional[float], margin: float = PAR_MARGIN) -> str:
     if ci_low is None or ci_high is None:
         return "inconclusive (fewer than 2 seeds)"
@@ -147,14 +91,12 @@ def curve_verdict(aic_power: Optional[float], aic_exp: Optional[float], margin: 
     return "not reproduced" if aic_exp < aic_power - margin else "inconclusive"
 
 
-def evaluate_claims(runs: List[Any], experiment: Optional[str] = None, n_bootstrap: int = 1000) -> Dict[str, Any]:
-    """Every claim's numbers and verdict from the finished runs (``report.Run`` objects)."""
-    from . import report
-
+def evaluate_claims(runs: List[Run], experiment: Optional[str] = None, n_bootstrap: int = 1000) -> Dict[str, Any]:
+    """Every claim's numbers and verdict from the finished runs."""
     needed = {c.row for c in CLAIMS} | {c.versus for c in CLAIMS}
     rows = [row for row in PAPER_ROWS if row in needed]  # the paper's order
-    experiment = report._pick_experiment(runs, rows, experiment)
-    by_row, _, _ = report.select_runs(Table("claims", "", rows), runs, experiment)
+    experiment = pick_experiment(runs, rows, experiment)
+    by_row, _, _ = select_runs(Table("claims", "", rows), runs, experiment)
     acc = {row: [r.summary["final"]["val_acc"] for r in rs if r.summary["final"].get("val_acc") is not None]
            for row, rs in by_row.items()}
     results = []
@@ -166,17 +108,17 @@ def evaluate_claims(runs: List[Any], experiment: Optional[str] = None, n_bootstr
                  "seeds_needed": None}
         if not acc[claim.row] or not acc[claim.versus]:
             entry["verdict"] = "no runs yet"
-        elif report._segmentation_warning(by_row[claim.row] + by_row[claim.versus]):
+        elif segmentation_warning(by_row[claim.row] + by_row[claim.versus]):
             entry["verdict"] = "not comparable: mixed subword models"
-        a, b = report._test_statistics(by_row[claim.row]), report._test_statistics(by_row[claim.versus])
+        a, b = decoded_statistics(by_row[claim.row]), decoded_statistics(by_row[claim.versus])
         if a and b and a[0].shape[0] == b[0].shape[0]:
-            entry["bootstrap"] = bs = report.paired_bootstrap(a, b, n_samples=n_bootstrap)
+            entry["bootstrap"] = bs = paired_bootstrap(a, b, n_samples=n_bootstrap)
             entry["bleu_verdict"] = verdict(claim.kind, bs["ci_low"], bs["ci_high"], BLEU_PAR_MARGIN)
         if entry["verdict"] == "inconclusive":
             entry["seeds_needed"] = seeds_needed(acc[claim.row], acc[claim.versus], claim.paper_delta, claim.kind)
         results.append(entry)
     return {"experiment": experiment, "claims": results,
-            "warnings": report._segmentation_warning([r for rs in by_row.values() for r in rs]),
+            "warnings": segmentation_warning([r for rs in by_row.values() for r in rs]),
             "curve": curve_claim(by_row),
             "attention": attention_evidence(by_row), "par_margin": PAR_MARGIN}
 
@@ -248,7 +190,7 @@ def attention_evidence(by_row: Dict[str, List[Any]]) -> Dict[str, Any]:
     tail is described by neither form, else **inconclusive**."""
     from scipy import stats
 
-    from .analysis import decay as decay_fits
+    from ..analysis import decay as decay_fits
 
     models, counts = [], {"power": 0, "exponential": 0, "neither": 0, "degenerate": 0}
     for row in ANALYSED_ROWS:
@@ -295,10 +237,19 @@ def attention_evidence(by_row: Dict[str, List[Any]]) -> Dict[str, Any]:
     return out
 
 
-def to_markdown(result: Dict[str, Any]) -> str:
-    def f(x, digits=2, sign=True):
-        return "–" if x is None else (f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}")
+def _f(x: Optional[float], digits: int = 2, sign: bool = True) -> str:
+    return "–" if x is None else (f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}")
 
+
+def to_markdown(result: Dict[str, Any]) -> str:
+    """The report's claims section: the verdict table, the learning-curve and attention-decay
+    claims."""
+    return "\n".join(_claims_table(result) + _curve_section(result["curve"])
+                     + _attention_section(result.get("attention"))) + "\n"
+
+
+def _claims_table(result: Dict[str, Any]) -> List[str]:
+    f = _f
     out = ["## The paper's claims at this scale", "",
            f"Δ = final validation accuracy of the row minus the other (mean over seeds, 95% Welch interval); "
            f"\"on par\" means within ±{result['par_margin']} points. ΔBLEU: paired bootstrap on the test set "
@@ -306,7 +257,7 @@ def to_markdown(result: Dict[str, Any]) -> str:
            "metric); where test BLEU's verdict differs, both are given. Seeds to decide: seeds per row for which the "
            f"95% interval would decide the paper's Δ with probability {POWER:g}, given the measured spread of the "
            "seeds (Welch two-sample sample size; `seeds_needed`), for claims still inconclusive. "
-           "Verdict rules: `agf_exp/claims.py`.", "",
+           "Verdict rules: `agf_exp/results/claims.py`.", "",
            "| claim | rows | paper Δ | our Δ [95% CI] | seeds | ΔBLEU [95% CI], p | verdict | seeds to decide |",
            "|---|---|---|---|---|---|---|---|"]
     for c in result["claims"]:
@@ -322,8 +273,11 @@ def to_markdown(result: Dict[str, Any]) -> str:
                    f"{c['n'][0]}+{c['n'][1]} | {bleu} | {verdicts} | {need} |")
     for warning in result.get("warnings", []):
         out += ["", f"**Caution:** {warning}"]
-    cv = result["curve"]
-    out += ["", "Learning curve (Fig. 5: the paper fits a power law and reads off a ceiling): "]
+    return out
+
+
+def _curve_section(cv: Dict[str, Any]) -> List[str]:
+    out = ["", "Learning curve (Fig. 5: the paper fits a power law and reads off a ceiling): "]
     if cv["fits"]:
         p, e = cv["fits"]["power"], cv["fits"]["exponential"]
         out[-1] += (f"on `{cv['row']}` (our best row, mean of its seeds, epochs {cv['epochs'][0]}–{cv['epochs'][-1]}) "
@@ -344,8 +298,12 @@ def to_markdown(result: Dict[str, Any]) -> str:
             out.append(f"| `{r['row']}` | {r['n']} | {r['epochs'][0]}–{r['epochs'][-1]} | {r['last']:.2f} | "
                        f"{p['ceiling_text']} | {p['r2']:.4f} | "
                        f"{e['ceiling_text']} | {p['aic']:.1f} / {e['aic']:.1f} |")
-    att = result.get("attention") or {"models": [], "verdict": "no analysis yet"}
-    out += ["", "Attention decay (§6: power law rather than exponential; `analyze decay`; each form fitted on "
+    return out
+
+
+def _attention_section(att: Optional[Dict[str, Any]]) -> List[str]:
+    att = att or {"models": [], "verdict": "no analysis yet"}
+    out = ["", "Attention decay (§6: power law rather than exponential; `analyze decay`; each form fitted on "
                 "the near half of the distances, judged on the far half, where a profile counts for a form only "
                 "when the form predicts the far half better than its mean (held-out R² > 0) and better than the "
                 "other; the power law is `G·d^-k`, AGF's `G/(1+d/r)^k` is reported beside it): "]
@@ -375,13 +333,13 @@ def to_markdown(result: Dict[str, Any]) -> str:
             etas = ", ".join(f"{h[t]['eta_pos']:.2f}/{h[t]['eta_sym']:.2f}" if t in h else "–"
                              for t in ("enc", "dec", "cross"))
             out.append(f"| `{m['row']}` | {m['seed']} | {decay} | {r2} | {kinds} | {etas} |")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def analysis_appendix(result: Dict[str, Any]) -> str:
     """The full per-head tables (``analyze heads`` and ``analyze decay``) of the first analysed
     seed of each analysed row, rebuilt from the analysis files."""
-    from .analysis import decay, heads
+    from ..analysis import decay, heads
 
     shown, out = set(), []
     for m in (result.get("attention") or {}).get("models", []):
@@ -397,4 +355,3 @@ def analysis_appendix(result: Dict[str, Any]) -> str:
             fits = decay.fit_profiles(decay.profiles_from_json(d["profiles"]))  # refitted with the current rules
             out += ["Attention by distance (`analyze decay`):", "", decay.to_markdown(fits)]
     return "\n".join(out) + ("\n" if out else "")
-

@@ -1,0 +1,162 @@
+"""Reading runs: the run dirs below a folder (or a W&B project) as :class:`Run` objects, and
+exporting their small files (what the report reads, no checkpoints) into a folder to commit.
+
+A run belongs to a row through its ``row`` config value, or, for runs started without ``row=``,
+through its mode and toggles matching ``conf/row/<row>.yaml``."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..analysis.curves import read_metrics
+from . import ReportError
+
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+@dataclass
+class Run:
+    path: str
+    config: Dict[str, Any]
+    summary: Optional[Dict[str, Any]]
+    metrics: List[Dict[str, Any]]
+    row: Optional[str] = None
+    files: Dict[str, List[str]] = field(default_factory=dict)  # "test.beam" / "test.ref" -> lines
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.summary) and self.summary.get("status") == "complete"
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+    @property
+    def experiment(self) -> str:
+        return str(self.config.get("experiment", "custom"))
+
+
+def row_signatures(conf_dir: Path = CONF_DIR) -> Dict[Tuple, str]:
+    """(pos mode, pcmv, sco, pe) -> row name, read from ``conf/row/*.yaml``."""
+    from omegaconf import OmegaConf
+
+    out = {}
+    for path in sorted((conf_dir / "row").glob("*.yaml")):
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        pos = None
+        for entry in node.get("defaults", []):
+            if isinstance(entry, dict):
+                for key, value in entry.items():
+                    if key.replace("override ", "").strip("/ ") == "pos":
+                        pos = value
+        out[(pos, bool(node.get("pcmv")), bool(node.get("sco")), bool(node.get("pe")))] = path.stem
+    return out
+
+
+def row_of(config: Dict[str, Any], signatures: Dict[Tuple, str]) -> Optional[str]:
+    if config.get("row"):
+        return str(config["row"])
+    pos = (config.get("pos") or {}).get("name")
+    return signatures.get((pos, bool(config.get("pcmv")), bool(config.get("sco")), bool(config.get("pe"))))
+
+
+def _read_lines(path: Path) -> Optional[List[str]]:
+    return path.read_text().split("\n")[:-1] if path.is_file() else None
+
+
+def load_run(run_dir: Path, signatures: Dict[Tuple, str]) -> Run:
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    summary = None
+    if (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    files = {}
+    for path in sorted((run_dir / "hyps").glob("*.txt")):
+        files[path.stem] = _read_lines(path)
+    return Run(str(run_dir), config, summary, metrics, row_of(config, signatures), files)
+
+
+def collect_runs(root: Path) -> List[Run]:
+    """Every trainer run dir below ``root`` (Hydra's ``.hydra/`` and W&B's folders are skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ReportError(f"--runs {root} is not a directory; point it at the sweep outputs (e.g. outputs/sweeps)")
+    signatures = row_signatures()
+    runs = []
+    for config in sorted(root.rglob("config.yaml")):
+        parts = set(config.relative_to(root).parts[:-1])
+        if ".hydra" in parts or "wandb" in parts or "files" in parts:
+            continue
+        run_dir = config.parent
+        if not any((run_dir / name).exists() for name in ("summary.json", "metrics.jsonl", "checkpoints")):
+            continue
+        runs.append(load_run(run_dir, signatures))
+    return runs
+
+
+def collect_wandb(path: str, table_name: Optional[str] = None, api: Any = None,
+                  download_dir: Optional[Path] = None) -> List[Run]:
+    """Runs of W&B project ``ENTITY/PROJECT`` (group = table when given). Config, summary.json and
+    translations come from the files the W&B logger attaches to each run; the history gives the
+    evaluations."""
+    import tempfile
+
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    filters = {"group": table_name} if table_name else {}
+    signatures = row_signatures()
+    download_dir = Path(download_dir or tempfile.mkdtemp(prefix="agf_report_"))
+    runs = []
+    for wrun in api.runs(path, filters=filters):
+        config = {k: v for k, v in dict(wrun.config).items() if not k.startswith("_")}
+        target = download_dir / wrun.id
+        names = {f.name for f in wrun.files()}
+        for name in names:
+            if name in ("summary.json", "metrics.jsonl") or name.startswith("hyps/"):
+                wrun.file(name).download(root=str(target), replace=True)
+        summary = json.loads((target / "summary.json").read_text()) if (target / "summary.json").is_file() else None
+        if summary is None and getattr(wrun, "state", "") == "finished":
+            summary = {"status": "complete", "final": {}, "decoding": {}}
+        metrics = read_metrics(target / "metrics.jsonl")
+        if not (target / "metrics.jsonl").is_file():
+            for row in wrun.scan_history():
+                if row.get("eval/val_acc") is not None:
+                    metrics.append({k[len("eval/"):]: v for k, v in row.items() if k.startswith("eval/")})
+        if summary is not None and not summary.get("final") and metrics:
+            summary["final"] = metrics[-1]
+        files = {p.stem: _read_lines(p) for p in sorted((target / "hyps").glob("*.txt"))}
+        runs.append(Run(f"wandb:{path}/{wrun.id}", config, summary, metrics, row_of(config, signatures), files))
+    return runs
+
+
+def export_runs(runs: List[Run], root: Path, dest: Path, experiment: Optional[str] = None) -> List[Path]:
+    """Copy what the report reads from every finished run below ``root`` into the same relative
+    dirs below ``dest``: config.yaml, summary.json, metrics.jsonl, the test/valid translations
+    and references (for the paired bootstrap) and the analysis JSON files; no checkpoints. The
+    report run on ``dest`` equals the report run on ``root`` (tested), so ``dest`` can be
+    committed."""
+    import shutil
+
+    root, dest = Path(root).resolve(), Path(dest)
+    written = []
+    for run in runs:
+        if not run.complete or (experiment is not None and run.experiment != experiment):
+            continue
+        src = Path(run.path).resolve()
+        target = dest / src.relative_to(root)
+        names = ["config.yaml", "summary.json", "metrics.jsonl"]
+        names += [str(p.relative_to(src)) for p in sorted((src / "hyps").glob("*.txt"))]
+        names += [str(p.relative_to(src)) for p in sorted((src / "analysis").glob("*.json"))]
+        for name in names:
+            if (src / name).is_file():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / name, target / name)
+        written.append(target)
+    return written

@@ -1,0 +1,147 @@
+"""Statistics of the report and the claims: Student-t intervals of a mean over seeds, Welch
+intervals of a difference of means, the seeds a comparison would need, and BLEU from sacreBLEU's
+per-sentence sufficient statistics with a paired bootstrap over test sentences.
+
+Paired bootstrap (our implementation, following Koehn 2004 and sacreBLEU's ``paired-bs``): the
+test sentences are resampled with replacement (default 1000 times, fixed seed); on each resample
+a system's BLEU is recomputed from its per-sentence sufficient statistics (sacreBLEU's own, so the
+full-set value equals the logged BLEU) and averaged over the system's seeds; the difference
+row - baseline gives a 95% percentile interval, and the two-sided p-value is the share of
+resampled differences at least as far from their mean as the observed difference is from 0
+(sacreBLEU's convention), with the +1 correction. It measures test-set sampling noise; seed noise
+is in the mean's interval."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from . import ReportError
+
+POWER = 0.8  # the probability of a decisive interval that seeds_needed aims for
+MAX_SEEDS = 1000  # seeds_needed reports "> MAX_SEEDS" beyond this
+PAR_MARGIN = 0.5  # validation-accuracy points within which two rows count as "on par"
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> Dict[str, Any]:
+    """Mean, sample std and the Student-t confidence interval of the mean (None where n < 2)."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    n = len(x)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "ci_low": None, "ci_high": None}
+    mean = float(x.mean())
+    if n < 2:
+        return {"n": 1, "mean": mean, "std": None, "ci_low": None, "ci_high": None}
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def bleu_statistics(hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+    """Per-sentence sufficient statistics of sacreBLEU's default BLEU (13a, cased):
+    ``[n, 10]`` = hyp length, ref length, matches 1..4, n-gram totals 1..4."""
+    import sacrebleu
+
+    if len(hyps) != len(refs):
+        raise ReportError(f"{len(hyps)} translations but {len(refs)} references")
+    return np.asarray(sacrebleu.BLEU()._extract_corpus_statistics(list(hyps), [list(refs)]), dtype=np.int64)
+
+
+def bleu_from_statistics(totals: np.ndarray) -> np.ndarray:
+    """sacreBLEU's corpus BLEU (``smooth_method='exp'``) from summed statistics ``[..., 10]``."""
+    totals = np.asarray(totals, dtype=float)
+    sys_len, ref_len = totals[..., 0], totals[..., 1]
+    correct, total = totals[..., 2:6], totals[..., 6:10]
+    zero = correct == 0
+    smooth = 2.0 ** np.cumsum(zero, axis=-1)  # 'exp' smoothing: 1/2, 1/4, ... for empty orders
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prec = np.where(zero, 100.0 / (smooth * total), 100.0 * correct / total)
+        prec = np.where(total == 0, 0.0, prec)
+        log_mean = np.log(prec).mean(axis=-1)
+        bp = np.where(sys_len < ref_len, np.exp(1.0 - ref_len / np.maximum(sys_len, 1e-300)), 1.0)
+        bp = np.where(sys_len == 0, 0.0, bp)
+        score = bp * np.exp(log_mean)
+    return np.where(zero.all(axis=-1), 0.0, np.nan_to_num(score, nan=0.0))
+
+
+def paired_bootstrap(system: Sequence[np.ndarray], baseline: Sequence[np.ndarray], n_samples: int = 1000,
+                     seed: int = 12345) -> Dict[str, float]:
+    """Paired bootstrap of the BLEU difference ``system - baseline`` over test sentences; each side
+    is a list of per-seed statistics ``[n, 10]`` on the same sentences (BLEU averaged over seeds)."""
+    n = system[0].shape[0]
+    if any(s.shape[0] != n for s in list(system) + list(baseline)):
+        raise ReportError("the paired bootstrap needs translations of the same test sentences for every run")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_samples, n))
+
+    def mean_bleu(stats_list, index=None):
+        if index is None:
+            return float(np.mean([bleu_from_statistics(s.sum(0)) for s in stats_list]))
+        return np.mean([bleu_from_statistics(s[index].sum(1)) for s in stats_list], axis=0)
+
+    observed = mean_bleu(system) - mean_bleu(baseline)
+    diffs = mean_bleu(system, idx) - mean_bleu(baseline, idx)
+    centred = np.abs(diffs - diffs.mean())
+    p = (np.sum(centred >= abs(observed)) + 1) / (n_samples + 1)
+    return {"diff": observed, "ci_low": float(np.percentile(diffs, 2.5)),
+            "ci_high": float(np.percentile(diffs, 97.5)), "p": float(p), "samples": n_samples,
+            "sentences": n}
+
+
+def welch_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Dict[str, Any]:
+    """Mean difference ``mean(a) − mean(b)`` with a Welch t interval (None where a side has n < 2)."""
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    out: Dict[str, Any] = {"diff": None, "ci_low": None, "ci_high": None, "n": [len(x), len(y)]}
+    if len(x) and len(y):
+        out["diff"] = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return out
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(vx + vy)
+    if se == 0:
+        out["ci_low"] = out["ci_high"] = out["diff"]
+        return out
+    dof = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
+    out.update(ci_low=out["diff"] - half, ci_high=out["diff"] + half)
+    return out
+
+
+def seeds_needed(a: Sequence[float], b: Sequence[float], effect: float, kind: str,
+                 margin: float = PAR_MARGIN, power: float = POWER) -> Optional[int]:
+    """Seeds per row for which the 95% Welch interval of ``mean(a) − mean(b)`` decides the claim
+    with probability ``power`` if the true difference is the paper's ``effect`` and the seeds
+    spread as measured (sample SDs of ``a`` and ``b``): the standard normal-theory sample size
+    for Welch's two-sample t test, iterated with t quantiles at the Welch degrees of freedom,
+    ``n = (t_{0.975} + t_{power})² (s_a² + s_b²) / δ²``, where ``δ = effect`` for ``better`` (the
+    interval excludes 0) and ``δ = margin − |effect|`` for ``par`` (two one-sided tests: the
+    interval inside ``±margin``). None when a row has < 2 seeds; ``MAX_SEEDS + 1`` when the
+    effect cannot be decided (``better`` with effect <= 0, ``par`` with |effect| >= margin)."""
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(x) < 2 or len(y) < 2:
+        return None
+    var = float(x.var(ddof=1) + y.var(ddof=1))
+    delta = effect if kind == "better" else margin - abs(effect)
+    if delta <= 0:
+        return MAX_SEEDS + 1
+    if var == 0:
+        return 2
+    fourth = float(x.var(ddof=1) ** 2 + y.var(ddof=1) ** 2)
+    n = max(2, math.ceil((stats.norm.ppf(0.975) + stats.norm.ppf(power)) ** 2 * var / delta ** 2))  # normal start
+    if n > MAX_SEEDS:
+        return MAX_SEEDS + 1
+    for _ in range(100):
+        dof = max(var ** 2 * (n - 1) / fourth, 1.0)
+        need = (stats.t.ppf(0.975, dof) + stats.t.ppf(power, dof)) ** 2 * var / delta ** 2
+        new = max(2, math.ceil(need))
+        if new == n or new > MAX_SEEDS:
+            return min(new, MAX_SEEDS + 1)
+        n = new
+    return n

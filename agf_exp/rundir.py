@@ -1,0 +1,352 @@
+"""Run dirs: one run of a config in one folder, from start to ``summary.json``.
+
+:func:`train` is the entry point of ``run.py`` and of every sweep job. It takes the dir's lock
+(:mod:`agf_exp.runlock`), returns the summary of a finished run of the same config without
+training (so a re-run sweep skips finished runs), continues a finished run asked for a longer
+budget (``trainer.max_epochs/max_steps/max_minutes``) from ``last.pt``, and refuses a finished run
+of any other config rather than overwriting it (:func:`completed_summary`). Otherwise it trains
+(or resumes) with the :class:`~agf_exp.training.Trainer`, then decodes, draws and writes
+``summary.json``.
+
+Run-dir layout (``hydra.run.dir``, or the ``run_dir`` argument)::
+
+    config.yaml            resolved config
+    metrics.jsonl          one JSON line per evaluation
+    summary.json           final metrics, BLEU/chrF with signatures, best epoch, parameters, timing,
+                           device, versions, git commit ("status": "complete" once done)
+    checkpoints/last.pt    full state (model, optimizer, scaler, step, epoch position, RNG states)
+    checkpoints/best.pt    weights of the best evaluation by ``trainer.best_metric``
+    hyps/<split>.<strategy>.txt   detokenised translations
+    hyps/<split>.ref.txt          the references they are scored against (for paired bootstrap)
+    curves.png             learning curves of metrics.jsonl (also logged to W&B)
+    fields/*.png           the learned positional fields (modes with a field)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import checkpoint
+from .analysis.curves import plot_run_curves
+from .analysis.fields import draw, fields
+from .atomic import atomic_write_bytes
+from .config import ConfigError, config_diff, decode_config, to_container, validate
+from .distributed import Dist
+from .distributed import init as init_distributed
+from .evaluation import score_translations, translate
+from .loggers import NullLogger, build_logger
+from .preemption import PreemptionGuard
+from .runlock import RunDirLock, RunDirLocked
+from .training import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def git_commit() -> Optional[str]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("-dirty" if dirty else "")) or None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+# keys that do not change what a run computes: a finished run is still "the same run" without them
+# (data.cache_dir holds only what is derived from the data and the config: a run dir moved to
+# another machine, or read with another AGF_CACHE_DIR, is still the same run)
+_RESULT_NEUTRAL = ("logger", "trainer.progress", "trainer.log_every_steps", "trainer.num_threads", "table",
+                   "trainer.dist_timeout_minutes", "trainer.dist_wait_minutes", "trainer.lock_run_dir",
+                   "data.cache_dir")
+
+
+# a finished run asked for a longer budget continues from last.pt instead of being refused
+_BUDGET = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_minutes")
+
+
+def _without(config: Dict[str, Any], dotted_keys) -> Dict[str, Any]:
+    out = json.loads(json.dumps(config))
+    for dotted in dotted_keys:
+        *parents, last = dotted.split(".")
+        node = out
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
+def _added_at_default(done: Dict[str, Any], cfg: DictConfig, prefix: str = "") -> List[str]:
+    """Dotted keys that ``cfg`` has and the finished run's config ``done`` lacks, whose value is
+    their schema's default: options added to the code after the run finished, which do not
+    change what it computed (so the run still counts as complete)."""
+    import dataclasses
+
+    out: List[str] = []
+    schema = OmegaConf.get_type(cfg)
+    defaults = {}
+    if dataclasses.is_dataclass(schema):
+        for f in dataclasses.fields(schema):
+            if f.default is not dataclasses.MISSING:
+                defaults[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                defaults[f.name] = f.default_factory()
+    for key in cfg:
+        node = cfg._get_node(key)
+        if key not in done:
+            if key in defaults and not isinstance(node, DictConfig):
+                value = to_container(OmegaConf.create({"v": cfg[key]}))["v"]
+                default = getattr(defaults[key], "value", defaults[key])
+                if value == default:
+                    out.append(f"{prefix}{key}")
+        elif isinstance(node, DictConfig) and isinstance(done[key], dict):
+            out += _added_at_default(done[key], node, f"{prefix}{key}.")
+    return out
+
+
+def _same_subwords(cfg: DictConfig, run_dir: Path, summary: Dict[str, Any]) -> tuple:
+    """("data.subword_file",) when ``cfg`` names a subword model file with exactly the model the
+    finished run in ``run_dir`` used (its summary's hash, else its last.pt's model): naming the
+    model it trained does not change the run."""
+    given = cfg.data.get("subword_file")
+    if not given or not Path(given).expanduser().is_file():
+        return ()
+    data = Path(given).expanduser().read_bytes()
+    recorded = (summary.get("tokenizer") or {}).get("sha256")
+    if recorded is None and (run_dir / "checkpoints" / "last.pt").is_file():
+        proto = checkpoint.load(run_dir / "checkpoints" / "last.pt", map_location="cpu").get("tokenizer")
+        recorded = hashlib.sha256(proto).hexdigest() if proto else None
+    return ("data.subword_file",) if recorded == hashlib.sha256(data).hexdigest() else ()
+
+
+def completed_summary(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The summary of a finished run of this config in ``run_dir``, or None if it must (re)train.
+    Raises :class:`ConfigError` when ``run_dir`` holds a finished run of a different config."""
+    summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
+    if not (summary_path.is_file() and config_path.is_file()):
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if summary.get("status") != "complete":
+        return None
+    done = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    neutral = _RESULT_NEUTRAL + tuple(_added_at_default(done, cfg)) + _same_subwords(cfg, run_dir, summary)
+    changed = config_diff(_without(done, neutral), _without(to_container(cfg), neutral))
+    if changed and not config_diff(_without(done, neutral + _BUDGET), _without(to_container(cfg), neutral + _BUDGET)):
+        log.info("%s is complete but its budget changed (%s): continuing from last.pt", run_dir, "; ".join(changed))
+        return None
+    if changed:
+        raise ConfigError(f"{run_dir} holds a finished run of a different config ({'; '.join(changed[:5])}); "
+                          "move or delete it to retrain, or choose another run dir "
+                          "(hydra.run.dir=... / hydra.sweep.dir=...)")
+    return summary
+
+
+def train(cfg: DictConfig, run_dir: str | Path, on_start: Optional[Callable[[Path], None]] = None) -> Dict[str, Any]:
+    """Train (or resume) one run in ``run_dir`` and return its summary. A run dir that already
+    holds the finished run of this config is not trained again: its summary is returned.
+
+    The run holds ``run_dir``'s lock (:mod:`agf_exp.runlock`) throughout; a start refused before
+    training begins (the dir in use, a finished run of another config, bad data) raises and
+    leaves the dir as it was. ``on_start(run_dir)`` is called (on rank 0) once the start is
+    accepted, before the first update: ``run.py`` writes Hydra's files and the log there.
+
+    Under ``torchrun`` every rank calls this; they train together on rank 0's run dir and all
+    return rank 0's summary (see :mod:`agf_exp.distributed`)."""
+    validate(cfg)
+    dist = init_distributed(str(getattr(cfg.trainer.device, "value", cfg.trainer.device)),
+                            cfg.trainer.dist_timeout_minutes, cfg.trainer.dist_wait_minutes)
+    try:
+        summary = _locked_train(cfg, Path(dist.broadcast(str(run_dir))), dist, on_start)
+        # every rank past its last collective before any tears its gloo group down (once, under
+        # a loaded CPU, rank 0 aborted with "terminate called without an active exception" there)
+        dist.barrier()
+        return summary
+    finally:
+        dist.close()
+
+
+def _locked_train(cfg: DictConfig, run_dir: Path, dist: Dist, on_start) -> Dict[str, Any]:
+    """:func:`_train` holding the run dir's lock (rank 0; every rank learns of a refusal)."""
+    lock = RunDirLock(run_dir) if dist.main and cfg.trainer.lock_run_dir else None
+    refusal = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except RunDirLocked as e:
+            refusal = str(e)
+    refusal = dist.broadcast(refusal)
+    if refusal:
+        raise RunDirLocked(refusal)
+    started = False
+
+    def start() -> None:
+        nonlocal started
+        started = True
+        if on_start is not None and dist.main:
+            on_start(run_dir)
+
+    try:
+        return _train(cfg, run_dir, dist, start)
+    finally:
+        if lock is not None:
+            lock.release(started=started)
+
+
+def _train(cfg: DictConfig, run_dir: Path, dist: Dist, start: Callable[[], Any]) -> Dict[str, Any]:
+    done = completed_summary(cfg, run_dir)
+    if done is not None:
+        log.info("%s is complete (summary.json); skipping. Delete it to train again.", run_dir)
+        return done
+    trainer = Trainer(cfg, run_dir, dist)
+    trainer.try_resume()
+    trainer.record_start()
+    start()
+    params = trainer.model.num_parameters()
+    log.info("model: %d parameters (%d positional); device %s, autocast %s%s", params["total"],
+             params["positional"], trainer.device, trainer.amp_dtype,
+             f"; rank {dist.rank} of {dist.world}" if dist.active else "")
+    # the logger exists only once the start is accepted (W&B writes into the run dir); rank 0 logs
+    logger = NullLogger()
+    if dist.main:
+        logger = build_logger(cfg.logger, trainer.config, run_dir, run_id=trainer.state.wandb_id,
+                              default_name=str(cfg.run_name))
+        trainer.state.wandb_id = logger.run_id
+    try:
+        trainer.fit(logger)
+        summary = _finish(cfg, trainer, params, logger) if dist.main else None
+        dist.wait_for_main()  # the other ranks wait while rank 0 decodes (beam search can be long)
+        return dist.broadcast(summary)
+    finally:
+        logger.finish()
+
+
+def _finish(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], logger) -> Dict[str, Any]:
+    """Rank 0, after training: decode, draw, write summary.json and the W&B summary."""
+    run_dir, step = trainer.run_dir, trainer.state.step
+    with PreemptionGuard(immediate="the final decoding"):  # a rerun resumes at the end and decodes
+        decoded = final_decode(trainer)
+    draw_fields(trainer.model, run_dir, str(cfg.pos.name), logger, step)
+    draw_curves(run_dir, logger, step)
+    last = {}
+    metrics_path = run_dir / "metrics.jsonl"
+    if metrics_path.is_file() and metrics_path.stat().st_size:
+        last = json.loads(metrics_path.read_text().splitlines()[-1])
+    summary = _summary(cfg, trainer, params, last, decoded)
+    write_json(run_dir / "summary.json", summary)
+    flat = {f"final/{k}": v for k, v in last.items() if isinstance(v, (int, float))}
+    for key, scores in decoded.items():
+        for name in ("bleu", "chrf", "bleu_lc", "bleu_signature", "chrf_signature"):
+            flat[f"{key}/{name}"] = scores[name]
+    logger.summary({**flat, "parameters": params["total"], "positional_parameters": params["positional"]})
+    logger.save_files([run_dir / "summary.json", run_dir / "config.yaml", run_dir / "metrics.jsonl",
+                       *sorted((run_dir / "hyps").glob("*.txt"))])
+    return summary
+
+
+def _summary(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], last: Dict[str, Any],
+             decoded: Dict[str, Any]) -> Dict[str, Any]:
+    """``summary.json``: what the run is, what it reached, and where and how it ran."""
+    st = trainer.state
+    return {
+        "status": "complete",
+        "run_name": str(cfg.run_name),
+        "experiment": str(cfg.experiment), "row": cfg.row, "table": cfg.table,
+        "pos": cfg.pos.name, "pcmv": bool(cfg.pcmv), "sco": bool(cfg.sco), "pe": bool(cfg.pe),
+        "seed": cfg.seed,
+        "data": trainer.data.description,
+        "final": last,
+        "best": {"metric": trainer.tcfg.best_metric, "value": st.best_value, "epoch": st.best_epoch,
+                 "step": st.best_step},
+        "decoding": decoded,
+        "parameters": params,
+        "epochs": st.epoch, "steps": st.step,
+        "train_seconds": st.train_seconds,
+        "train_tokens_per_s": st.train_tokens / st.train_seconds if st.train_seconds else None,
+        "wall_seconds": trainer.wall_seconds(),
+        "device": str(trainer.device) + (f" ({torch.cuda.get_device_name()})" if trainer.device.type == "cuda" else ""),
+        "world_size": trainer.dist.world,
+        "autocast": str(trainer.amp_dtype),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "argv": sys.argv,
+        "wandb_id": st.wandb_id,
+        "vocab_size": trainer.data.tokenizer.vocab_size,
+        "tokenizer": trainer.data.tokenizer.identity(),
+        "train_pairs": len(trainer.data.examples["train"]),
+        "train_pairs_dropped": trainer.data.dropped_train,
+    }
+
+
+def final_decode(trainer: Trainer) -> Dict[str, Any]:
+    """Translate ``trainer.decode_splits`` with the best checkpoint's weights by every strategy of
+    ``trainer.decode_strategies``; the translations and their references go to ``hyps/``. Returns
+    the scores per ``<split>/<strategy>``."""
+    t = trainer.tcfg
+    best = trainer.ckpt_dir / "best.pt"
+    if best.is_file():
+        trainer.model.load_state_dict(checkpoint.load(best, map_location="cpu")["model"])
+    results: Dict[str, Any] = {}
+    hyp_dir = trainer.run_dir / "hyps"
+    for split in t.decode_splits:
+        sources = [s for s, _ in trainer.data.examples[split]]
+        refs = trainer.data.raw[split][1]
+        if t.max_decode_sentences:
+            sources, refs = sources[: t.max_decode_sentences], refs[: t.max_decode_sentences]
+        for strategy in t.decode_strategies:
+            start = time.perf_counter()
+            hyps = translate(trainer.model, trainer.data.tokenizer, sources, decode_config(t, strategy),
+                             trainer.device, trainer.amp_dtype)
+            atomic_write_bytes(hyp_dir / f"{split}.{strategy}.txt", ("\n".join(hyps) + "\n").encode())
+            atomic_write_bytes(hyp_dir / f"{split}.ref.txt", ("\n".join(refs) + "\n").encode())
+            scores = score_translations(hyps, refs)
+            scores["seconds"] = time.perf_counter() - start
+            results[f"{split}/{strategy}"] = scores
+            log.info("%s %s: BLEU %.2f chrF %.2f (%s)", split, strategy, scores["bleu"], scores["chrf"],
+                     scores["bleu_signature"])
+    return results
+
+
+def draw_fields(model, run_dir: Path, pos_name: str, logger, step: int) -> None:
+    """PNGs of the learned positional fields of the decoded (best) model in ``<run dir>/fields``,
+    also logged to W&B. A plotting failure is logged, never fatal: the run is already complete."""
+    field_list = fields(model)
+    if not field_list:
+        return
+    try:
+        written = draw(field_list, run_dir / "fields", title=f"pos={pos_name}")
+    except Exception as e:  # e.g. no matplotlib backend: the run's results are already saved
+        log.warning("could not draw the positional fields: %s", e)
+        return
+    log.info("positional fields drawn in %s", run_dir / "fields")
+    logger.log_images({f"fields/{name}": path for name, path in written.items()}, step=step)
+
+
+def draw_curves(run_dir: Path, logger, step: int) -> None:
+    """``<run dir>/curves.png``: validation accuracy and losses per epoch, also logged to W&B."""
+    try:
+        path = plot_run_curves(run_dir)
+    except Exception as e:  # never fatal: the run's results are already saved
+        log.warning("could not draw the learning curves: %s", e)
+        return
+    if path is not None:
+        logger.log_images({"curves/learning_curves": path}, step=step)
