@@ -1,0 +1,77 @@
+"""The benchmark scripts must not rot while no GPU is lent: ``benchmarks/gpu_check.sh`` runs every
+step at toy sizes on the CPU (``--device cpu --smoke``), and ``benchmarks/peer.py`` translates
+``experiment=small`` into an equivalent Eole config without installing Eole."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_step_at_toy_sizes_on_the_cpu(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "out"))
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--smoke"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["steps"]
+    assert list(steps) == ["env", "pytest", "attention", "train", "parity", "paper", "peer"]
+    bad = {name: s["line"] for name, s in steps.items() if s["status"] != "ok"}
+    assert not bad, bad
+    # one Markdown table with a line per step, each printed as soon as it finished
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(steps) and all(f"[{name}] ok" in proc.stdout for name in steps)
+    assert steps["env"]["cuda_available"] in (True, False) and steps["env"]["flex_attention"]
+    assert {r["mode"] for r in steps["attention"]["rows"]} == {"agf_m", "alibi_bl"}
+    assert steps["train"]["vanilla"]["steps"] == 5 and steps["train"]["agf_m_pcmv"]["tokens_per_s"] > 0
+    assert steps["parity"]["within_tolerance"]  # the same seed and device: identical numbers
+    assert steps["paper"]["hours_for_10_wmt17_epochs"] > 0
+
+
+def test_peer_writes_an_eole_config_equivalent_to_experiment_small():
+    import peer
+
+    cfg = peer.ours("small", [])
+    files = {k: Path(f"/data/{k}") for k in ("train.src", "train.tgt", "valid.src", "valid.tgt", "vocab")}
+    eole, mismatches = peer.eole_config(cfg, files, steps=300, device="cpu", save_dir=Path("/out/model"))
+    model, training = eole["model"], eole["training"]
+    assert (model["hidden_size"], model["heads"], model["transformer_ff"]) == (256, 4, 1024)
+    assert model["encoder"]["layers"] == model["decoder"]["layers"] == 3
+    assert model["share_embeddings"] and model["share_decoder_embeddings"] and not model["generator_bias"]
+    assert training["batch_type"] == "tokens" and training["batch_size"] == 3000
+    assert training["label_smoothing"] == 0.1 and training["max_grad_norm"] == 1.0
+    assert (training["train_steps"], training["valid_steps"], training["gpu_ranks"]) == (300, 300, [])
+    # Eole's noam schedule reaches agf-exp's peak lr at the end of warm-up: lr * (d * w)^-0.5 == peak
+    assert training["learning_rate"] * (256 * training["warmup_steps"]) ** -0.5 == pytest.approx(cfg["trainer"]["lr"])
+    assert any("EOS" in m for m in mismatches)
+    proc = subprocess.run([sys.executable, "benchmarks/peer.py", "--print-config"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout.split("Mismatches")[0])["model"]["hidden_size"] == 256
+
+
+def test_peer_reads_eoles_training_log():
+    import peer
+
+    log = "\n".join([
+        "[2026-11-29 07:30:00,000 INFO] * number of parameters: 7569408",
+        "[2026-11-29 07:30:10,000 INFO] Step 50/  100; acc: 5.2; ppl: 900.12; xent: 6.80; aux: 0.000; mtp: 0.000; "
+        "attn_ent: 0.000; lr: 1.00e-04; sents:  5000; bsz:  2600/2500/100;  650/ 625 tok/s;     100 sec;",
+        "[2026-11-29 07:30:20,000 INFO] Step 100/  100; acc: 9.1; ppl: 400.00; xent: 5.99; aux: 0.000; mtp: 0.000; "
+        "attn_ent: 0.000; lr: 2.00e-04; sents:  5000; bsz:  2700/2500/100; 1350/1250 tok/s;     200 sec;",
+        "[2026-11-29 07:30:30,000 INFO] Validation perplexity: 300.5",
+        "[2026-11-29 07:30:30,000 INFO] Validation accuracy: 12.25"])
+    got = peer.read_eole({"log": log, "wall_s": 250.0, "peak_rss_mib": 1700.0})
+    assert got["steps"] == 100 and got["tokens_per_batch"] == 2500
+    # rates from the windows after the first (which includes Eole's first bucket fill)
+    assert got["train_tokens_per_s"] == pytest.approx(1250) and got["seconds_per_step"] == pytest.approx(2.0)
+    assert got["end_to_end_tokens_per_s"] == pytest.approx(250000 / 250)
+    assert (got["val_acc"], got["val_ppl_smoothed"], got["parameters"]) == (12.25, 300.5, 7569408)
