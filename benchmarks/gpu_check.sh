@@ -22,7 +22,7 @@ SMOKE=0
 for a in "$@"; do [ "$a" = "--smoke" ] && SMOKE=1; done
 step() {  # name seconds
     local scale=1
-    [ "$SMOKE" = 1 ] && scale=3  # toy sizes on a slow CPU get more room than the GPU steps need
+    [ "$SMOKE" = 1 ] && scale=6  # toy sizes on a shared 2-core CPU get more room than the GPU steps need
     timeout --kill-after=10 $(( $2 * scale )) python benchmarks/gpu_check.py "$1" --results "$RESULTS" \
         --work "$OUT/work" --minutes "${TRAIN_MINUTES:-1}" "${@:3}" \
         || echo "[$1] stopped (exit $?): see the table below"

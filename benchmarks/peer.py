@@ -200,11 +200,18 @@ def start(cmd: List[str], log: Path, threads: int, cwd: Path = ROOT, gpu: Option
 
 
 def finish(procs: List[subprocess.Popen]) -> List[Dict[str, Any]]:
-    """Wait for each process: wall seconds and peak RSS (MiB); a failure names its log."""
+    """Wait for every process (each one's wall time taken when it ends, not when the ones before
+    it do): wall seconds and peak RSS (MiB); a failure names its log."""
+    ended: Dict[int, float] = {}
+    while len(ended) < len(procs):
+        for i, proc in enumerate(procs):
+            if i not in ended and proc.poll() is not None:
+                ended[i] = time.perf_counter()
+        time.sleep(0.1)
     out = []
-    for proc in procs:
-        rc = proc.wait()
-        wall = time.perf_counter() - proc.started  # type: ignore[attr-defined]
+    for i, proc in enumerate(procs):
+        rc = proc.returncode
+        wall = ended[i] - proc.started  # type: ignore[attr-defined]
         text = proc.log.read_text()  # type: ignore[attr-defined]
         if rc:
             tail = "\n".join(text.strip().splitlines()[-15:])
@@ -215,13 +222,23 @@ def finish(procs: List[subprocess.Popen]) -> List[Dict[str, Any]]:
 
 
 def read_ours(run_dir: Path, run: Dict[str, Any]) -> Dict[str, Any]:
+    """agf-exp's figures, read as Eole's are: it evaluates every ``report_every`` steps, each
+    record holding its window's tokens/s; rates from the windows after the first (steady state),
+    end to end over the wall time less the evaluations Eole does not do (all but the last)."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    last = summary["final"]
-    steps = summary["steps"]
-    return {"steps": steps, "train_tokens_per_s": summary["train_tokens_per_s"],
-            "end_to_end_tokens_per_s": summary["train_tokens_per_s"] * summary["train_seconds"] / run["wall_s"],
-            "seconds_per_step": summary["train_seconds"] / steps,
-            "tokens_per_batch": summary["train_tokens_per_s"] * summary["train_seconds"] / steps,
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    windows, before = [], (0, 0.0)
+    for r in records:
+        seconds = r["train_seconds"] - before[1]
+        windows.append((r["step"] - before[0], r["tokens_per_s"] * seconds, seconds))
+        before = (r["step"], r["train_seconds"])
+    steady = windows[1:] or windows
+    steps, tokens, seconds = (sum(w[i] for w in steady) for i in range(3))
+    extra_evals = sum(r["val_seconds"] for r in records[:-1])
+    last = records[-1]
+    return {"steps": summary["steps"], "train_tokens_per_s": tokens / seconds,
+            "end_to_end_tokens_per_s": sum(w[1] for w in windows) / (run["wall_s"] - extra_evals),
+            "seconds_per_step": seconds / steps, "tokens_per_batch": tokens / steps,
             "val_acc": last["val_acc"], "val_ppl_smoothed": float(pow(2.718281828459045, last["val_loss"])),
             "peak_rss_mib": run["peak_rss_mib"], "parameters": summary["parameters"]["total"]}
 
@@ -283,6 +300,7 @@ def train_side_by_side(args, cfg, files, eole_exe, out) -> Dict[str, Dict[str, A
     ours_cmd = [sys.executable, "run.py", f"experiment={args.experiment}", *args.overrides, f"seed={cfg['seed']}",
                 f"trainer.max_steps={args.steps}", "trainer.max_epochs=1000", f"trainer.num_threads={args.threads}",
                 f"trainer.device={args.device}", "trainer.decode_splits=[]", "trainer.progress=false",
+                f"trainer.eval_every_steps={report_every(args.steps)}",  # windows as Eole reports them
                 f"data.subword_file={args.spm.resolve()}", f"hydra.run.dir={ours_dir}"]
     procs = [start(ours_cmd, out / "agf.log", args.threads, gpu="0" if args.device == "cuda" else None),
              start([str(eole_exe), "train", "-config", str(out / "eole" / "config.yaml")], out / "eole.log",
@@ -399,6 +417,7 @@ def agf_cost(args, cfg, out) -> Dict[str, Dict[str, Any]]:
                             f"trainer.max_steps={args.steps}", "trainer.max_epochs=1000",
                             f"trainer.num_threads={args.threads}", f"trainer.device={args.device}",
                             "trainer.decode_splits=[]", "trainer.progress=false",
+                            f"trainer.eval_every_steps={report_every(args.steps)}",
                             f"data.subword_file={args.spm.resolve()}", f"hydra.run.dir={dirs[name]}"],
                            out / f"cost{i}.log", args.threads, gpu=str(i) if args.device == "cuda" else None))
     return {name: read_ours(dirs[name], run) for name, run in zip(runs, finish(procs))}

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def test_gpu_check_runs_every_step_at_toy_sizes_on_the_cpu(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"))
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--smoke"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["steps"]
     assert list(steps) == ["env", "pytest", "attention", "train", "parity", "paper", "peer"]
@@ -75,3 +75,21 @@ def test_peer_reads_eoles_training_log():
     assert got["train_tokens_per_s"] == pytest.approx(1250) and got["seconds_per_step"] == pytest.approx(2.0)
     assert got["end_to_end_tokens_per_s"] == pytest.approx(250000 / 250)
     assert (got["val_acc"], got["val_ppl_smoothed"], got["parameters"]) == (12.25, 300.5, 7569408)
+
+
+def test_peer_reads_agf_exp_the_way_it_reads_eole(tmp_path):
+    """Steady-state rates from the evaluation windows after the first; end to end without the
+    evaluations Eole does not do."""
+    import peer
+
+    records = [{"step": 50, "train_seconds": 100.0, "tokens_per_s": 1000.0, "val_seconds": 20.0, "val_acc": 5.0,
+                "val_loss": 7.0},
+               {"step": 100, "train_seconds": 150.0, "tokens_per_s": 2000.0, "val_seconds": 20.0, "val_acc": 9.0,
+                "val_loss": 6.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 100, "parameters": {"total": 7}}))
+    got = peer.read_ours(tmp_path, {"wall_s": 320.0, "peak_rss_mib": 1.0})
+    assert got["train_tokens_per_s"] == pytest.approx(2000.0) and got["seconds_per_step"] == pytest.approx(1.0)
+    assert got["tokens_per_batch"] == pytest.approx(2000.0)
+    assert got["end_to_end_tokens_per_s"] == pytest.approx((100_000 + 100_000) / (320.0 - 20.0))
+    assert got["val_acc"] == 9.0 and got["val_ppl_smoothed"] == pytest.approx(2.718281828459045 ** 6)

@@ -68,10 +68,11 @@ def backend_problem(backend: AttnBackend | str, mode_cls, pcmv: bool, d_head: Op
 
 
 def refusal(backend: AttnBackend | str, pos_name: str, mode_cls, pcmv: bool, d_head: Optional[int] = None,
-            attn_dropout: float = 0.0) -> Optional[str]:
+            attn_dropout: float = 0.0, run_config: bool = True) -> Optional[str]:
     """Why a model with ``model.attn_backend=backend`` and ``pos=pos_name`` (mode class
     ``mode_cls``, None for none) with ``pcmv`` cannot be built, in one line naming the config keys
-    and the fix; None when it can. :func:`agf_exp.config.validate` and the module both ask."""
+    and the fix; None when it can. :func:`agf_exp.config.validate` asks for a run's config (the
+    fix points at ``auto``, which never refuses), the module for itself (``run_config=False``)."""
     if pcmv and not (mode_cls is not None and mode_cls.supports_value_coefficient()):
         return (f"pcmv=true is not defined for pos={pos_name}: PCM-V scales the values by the positional "
                 "coefficient (or by exp(bias) for additive modes) and this mode has neither. Drop pcmv=true or "
@@ -79,8 +80,9 @@ def refusal(backend: AttnBackend | str, pos_name: str, mode_cls, pcmv: bool, d_h
     backend = AttnBackend(backend)
     problem = backend_problem(backend, mode_cls, pcmv, d_head)
     if problem:
-        return (f"model.attn_backend={backend.value} cannot run pos={pos_name} pcmv={pcmv}: {problem}; use "
-                "model.attn_backend=eager or auto (auto: the fastest correct path)")
+        fix = "auto (the fastest correct path) or eager" if run_config else "eager or auto"
+        return (f"model.attn_backend={backend.value} cannot run pos={pos_name} pcmv={pcmv}: {problem}; "
+                f"use model.attn_backend={fix}")
     if backend == AttnBackend.flex and attn_dropout > 0:
         return (f"model.attn_backend=flex has no attention dropout (model.attn_dropout={attn_dropout}); set "
                 "model.attn_dropout=0 or use model.attn_backend=auto")

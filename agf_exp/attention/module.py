@@ -68,7 +68,7 @@ class MultiHeadAttention(nn.Module):
         self.pcmv = pcmv and self.pos is not None
         self.backend = AttnBackend(backend)
         problem = refusal(self.backend, pos_cfg.name, type(self.pos) if self.pos is not None else None, self.pcmv,
-                          self.d_head, dropout)
+                          self.d_head, dropout, run_config=False)
         if problem:
             raise ValueError(problem)
         # analysis hook (agf_exp.analysis): when set, every call runs the eager path and passes an
