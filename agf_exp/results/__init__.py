@@ -9,6 +9,7 @@ module          job
 ``claims``      the paper's claims as row comparisons with verdicts
 ``format``      Markdown / CSV / JSON writers of a table's result
 ``plots``       learning-curve figures of the report
+``dashboards``  the W&B workspace views and report (``python -m agf_exp.dashboard``)
 =============== ===================================================================
 
 :mod:`agf_exp.report` is the command line that puts them together into REPORT.md.
