@@ -14,6 +14,7 @@ from ..positional import AttnType, PosConfig, PosTable, PosTerms, build_mode, of
 from .kernels import (AttnBackend, attention, attention_mask, channel_scores_chunked, choose_backend, flex_attention,
                       no_autocast, refusal, scale_and_position, sco_keys, sdpa_attention)
 
+
 @dataclass
 class AttentionRecord:
     """What one attention call passes to an analysis recorder (``MultiHeadAttention.recorder``)."""
@@ -162,7 +163,9 @@ class MultiHeadAttention(nn.Module):
                 self.recorder(AttentionRecord(self, probs.detach(), key_padding_mask, q_offset, q_content.detach(),
                                               None if k_content is None else k_content.detach()))
         elif backend == AttnBackend.sdpa:
-            bias = self.pos.relative_terms(q.shape[2], k.shape[2], q_offset, q.device).bias if self._relative() else None
+            bias = None
+            if self._relative():
+                bias = self.pos.relative_terms(q.shape[2], k.shape[2], q_offset, q.device).bias
             mask = attention_mask(key_padding_mask, self.causal, q.shape[2], k.shape[2], q_offset, q.device)
             out = sdpa_attention(q, k, v, bias, mask, self.sco, dropout_p)
         else:
