@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -132,6 +133,20 @@ def register_configs() -> None:
 
 
 register_configs()
+
+
+#: the config groups (``conf/``) that run.py, the tools and the benchmarks compose
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``python run.py <overrides>`` runs, composed with Hydra's compose API (no run
+    dir, no logging set-up): for the tools, the benchmarks and the tests."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 class ConfigError(ValueError):

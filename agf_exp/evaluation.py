@@ -22,9 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import sacrebleu
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from .data import SOURCES, Example, Tokenizer, collate, make_batches
+from .data import Example, Tokenizer, collate, load_corpus, make_batches
 from .data.tokenizer import PAD
 from .decoding import DecodeConfig, decode_ids
 from .devices import autocast
@@ -106,11 +105,7 @@ def split_pairs(ckpt: Dict[str, Any], split: str, data_overrides: Optional[Dict[
                 max_sentences: Optional[int] = None) -> Tuple[List[str], List[str]]:
     """Source and reference lines of ``split`` of the run's data source, rebuilt from the config
     stored in the checkpoint (``data_overrides`` replace its keys, e.g. ``root``)."""
-    stored = ckpt["config"]
-    data_cfg = stored["data"]
-    schema = SOURCES[data_cfg["name"]][0]
-    typed = OmegaConf.merge(OmegaConf.structured(schema), data_cfg, data_overrides or {})
-    corpus = SOURCES[typed.name][1](typed, stored["seed"])
+    corpus = load_corpus(ckpt["config"]["data"], ckpt["config"]["seed"], data_overrides)
     if split not in corpus.splits:
         raise ValueError(f"split={split!r} is unknown; use one of {sorted(corpus.splits)}")
     src_text, refs = corpus.splits[split]

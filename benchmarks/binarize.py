@@ -64,17 +64,14 @@ def variant(args) -> None:
     """Runs in a child process: one measurement, printed as JSON on the last line."""
     import logging
 
-    from hydra import compose, initialize_config_dir
-
-    import agf_exp.config  # noqa: F401  (registers the schemas)
+    from agf_exp.config import compose
     from agf_exp.data import binarized, load_corpus
     from agf_exp.data.corpus import FilePairs
 
     logging.basicConfig(level=logging.WARNING)
     corpus, cache = Path(args.corpus), Path(args.cache)
     binarize = args.variant != "memory"
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides(corpus, cache, binarize, args.workers[0], args.spm_sample))
+    cfg = compose(overrides(corpus, cache, binarize, args.workers[0], args.spm_sample))
     start = time.perf_counter()
     result = {"variant": args.variant}
     if args.variant == "spm":
@@ -103,10 +100,9 @@ def variant(args) -> None:
     elif args.variant.startswith("train-"):
         from agf_exp.training import Trainer
 
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[
-                "experiment=small", *overrides(corpus, cache, args.variant == "train-cache", args.workers[0], args.spm_sample),
-                f"trainer.max_steps={args.steps}", "trainer.progress=false", "trainer.decode_splits=[]"])
+        cfg = compose(["experiment=small", *overrides(corpus, cache, args.variant == "train-cache", args.workers[0],
+                                                    args.spm_sample),
+                       f"trainer.max_steps={args.steps}", "trainer.progress=false", "trainer.decode_splits=[]"])
         if args.variant == "train-memory":  # the same tokenizer as the cached path: no spm training in the timing
             import agf_exp.data as data_module
             from agf_exp.data.tokenizer import Tokenizer

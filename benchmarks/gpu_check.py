@@ -131,14 +131,11 @@ def _train(overrides: List[str], run_dir: Path, device: str) -> Dict[str, Any]:
     """One in-process run of ``run.py``'s config; its summary plus the device's peak memory."""
     import torch
 
+    from agf_exp.config import compose
     from agf_exp.rundir import train
-    from hydra import compose, initialize_config_dir
 
-    import agf_exp.config  # noqa: F401
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, f"trainer.device={device}", "trainer.progress=false",
-                                                       "trainer.decode_splits=[]", "trainer.max_epochs=1000"])
+    cfg = compose([*overrides, f"trainer.device={device}", "trainer.progress=false", "trainer.decode_splits=[]",
+                   "trainer.max_epochs=1000"])
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()

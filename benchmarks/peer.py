@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -58,14 +59,9 @@ class PeerError(RuntimeError):
 
 def ours(experiment: str, overrides: List[str]) -> Dict[str, Any]:
     """agf-exp's resolved config for ``experiment`` (as ``run.py`` composes it)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from agf_exp.config import compose, to_container
 
-    import agf_exp.config  # noqa: F401  (registers the schemas)
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    return to_container(compose([f"experiment={experiment}", *overrides]))
 
 
 def report_every(steps: int) -> int:
@@ -153,12 +149,10 @@ def prepare_files(cfg: Dict[str, Any], spm_model: Path, out: Path, max_test: Opt
     """Multi30k as sentencepiece pieces for Eole (sources end in ``</s>``), the vocabulary file,
     and the raw test references; training pairs filtered by ``data.max_len`` as agf-exp does."""
     import sentencepiece as spm
-    from omegaconf import OmegaConf
 
-    from agf_exp.data import SOURCES, load_corpus
+    from agf_exp.data import load_corpus
 
-    data_cfg = OmegaConf.merge(OmegaConf.structured(SOURCES[cfg["data"]["name"]][0]), cfg["data"])
-    corpus = load_corpus(data_cfg, cfg["seed"])
+    corpus = load_corpus(cfg["data"], cfg["seed"])
     sp = spm.SentencePieceProcessor(model_file=str(spm_model))
     out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in ("train.src", "train.tgt", "valid.src", "valid.tgt", "test.src",
@@ -239,7 +233,7 @@ def read_ours(run_dir: Path, run: Dict[str, Any]) -> Dict[str, Any]:
     return {"steps": summary["steps"], "train_tokens_per_s": tokens / seconds,
             "end_to_end_tokens_per_s": sum(w[1] for w in windows) / (run["wall_s"] - extra_evals),
             "seconds_per_step": seconds / steps, "tokens_per_batch": tokens / steps,
-            "val_acc": last["val_acc"], "val_ppl_smoothed": float(pow(2.718281828459045, last["val_loss"])),
+            "val_acc": last["val_acc"], "val_ppl_smoothed": math.exp(last["val_loss"]),
             "peak_rss_mib": run["peak_rss_mib"], "parameters": summary["parameters"]["total"]}
 
 
@@ -290,19 +284,23 @@ def bleu(hyps_file: Path, refs_file: Path, detok: Optional[Path] = None) -> floa
 # the benchmark
 
 
-def train_side_by_side(args, cfg, files, eole_exe, out) -> Dict[str, Dict[str, Any]]:
+def ours_command(args, cfg, run_dir: Path, extra: List[str]) -> List[str]:
+    """agf-exp's ``run.py`` for ``--steps`` updates, evaluated every Eole report window."""
+    return [sys.executable, "run.py", f"experiment={args.experiment}", *extra, f"seed={cfg['seed']}",
+            f"trainer.max_steps={args.steps}", "trainer.max_epochs=1000", f"trainer.num_threads={args.threads}",
+            f"trainer.device={args.device}", "trainer.decode_splits=[]", "trainer.progress=false",
+            f"trainer.eval_every_steps={report_every(args.steps)}",  # windows as Eole reports them
+            f"data.subword_file={args.spm.resolve()}", f"hydra.run.dir={run_dir}"]
+
+
+def train_side_by_side(args, cfg, eole_cfg: Dict[str, Any], eole_exe, out) -> Dict[str, Dict[str, Any]]:
     import yaml
 
-    eole_cfg, _ = eole_config(cfg, files, args.steps, args.device, out / "eole" / "model")
     (out / "eole").mkdir(parents=True, exist_ok=True)
     (out / "eole" / "config.yaml").write_text(yaml.safe_dump(eole_cfg, sort_keys=False))
     ours_dir = out / "agf"
-    ours_cmd = [sys.executable, "run.py", f"experiment={args.experiment}", *args.overrides, f"seed={cfg['seed']}",
-                f"trainer.max_steps={args.steps}", "trainer.max_epochs=1000", f"trainer.num_threads={args.threads}",
-                f"trainer.device={args.device}", "trainer.decode_splits=[]", "trainer.progress=false",
-                f"trainer.eval_every_steps={report_every(args.steps)}",  # windows as Eole reports them
-                f"data.subword_file={args.spm.resolve()}", f"hydra.run.dir={ours_dir}"]
-    procs = [start(ours_cmd, out / "agf.log", args.threads, gpu="0" if args.device == "cuda" else None),
+    procs = [start(ours_command(args, cfg, ours_dir, args.overrides), out / "agf.log", args.threads,
+                   gpu="0" if args.device == "cuda" else None),
              start([str(eole_exe), "train", "-config", str(out / "eole" / "config.yaml")], out / "eole.log",
                    args.threads, gpu="1" if args.device == "cuda" else None)]
     ours_run, eole_run = finish(procs)
@@ -387,9 +385,9 @@ def run(args, cfg) -> int:
     for old in ("agf", "eole", "cost0", "cost1"):  # a fresh measurement (a finished run dir would be skipped)
         shutil.rmtree(out / old, ignore_errors=True)
     files = prepare_files(cfg, args.spm, out / "data", args.max_test)
-    _, mismatches = eole_config(cfg, files, args.steps, args.device, out / "eole" / "model")
+    eole_cfg, mismatches = eole_config(cfg, files, args.steps, args.device, out / "eole" / "model")
     print("Mismatches that remain:\n" + "\n".join(f"- {m}" for m in mismatches), flush=True)
-    results = train_side_by_side(args, cfg, files, eole_exe, out)
+    results = train_side_by_side(args, cfg, eole_cfg, eole_exe, out)
     decode_side_by_side(args, files, eole_exe, out, results, cfg["trainer"]["max_len_a"])
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{args.device}, {args.threads} thread(s) per side, both at once")
@@ -413,13 +411,8 @@ def agf_cost(args, cfg, out) -> Dict[str, Dict[str, Any]]:
     procs, dirs = [], {}
     for i, (name, extra) in enumerate(runs.items()):
         dirs[name] = out / f"cost{i}"
-        procs.append(start([sys.executable, "run.py", f"experiment={args.experiment}", *extra, f"seed={cfg['seed']}",
-                            f"trainer.max_steps={args.steps}", "trainer.max_epochs=1000",
-                            f"trainer.num_threads={args.threads}", f"trainer.device={args.device}",
-                            "trainer.decode_splits=[]", "trainer.progress=false",
-                            f"trainer.eval_every_steps={report_every(args.steps)}",
-                            f"data.subword_file={args.spm.resolve()}", f"hydra.run.dir={dirs[name]}"],
-                           out / f"cost{i}.log", args.threads, gpu=str(i) if args.device == "cuda" else None))
+        procs.append(start(ours_command(args, cfg, dirs[name], extra), out / f"cost{i}.log", args.threads,
+                           gpu=str(i) if args.device == "cuda" else None))
     return {name: read_ours(dirs[name], run) for name, run in zip(runs, finish(procs))}
 
 

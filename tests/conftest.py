@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo
-from hydra import compose, initialize_config_dir
+from agf_exp import config
 
-import agf_exp.config  # noqa: F401  (registers schemas)
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(config.CONF_DIR)
 
 
 def pytest_configure(config):
@@ -52,8 +50,7 @@ def _restore_num_threads():
 
 def make_cfg(*overrides: str):
     """Compose the project config exactly as `python run.py <overrides>` would."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return config.compose(overrides)
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ import importlib
 import logging
 import pkgutil
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from omegaconf import OmegaConf
 
 from .batching import Example, collate, make_batches
 from . import binarized
@@ -36,10 +38,16 @@ class DataBundle:
     dropped_train: int
 
 
-def load_corpus(cfg: DataConfig, seed: int) -> ParallelCorpus:
-    if cfg.name not in SOURCES:
-        raise DataError(f"unknown data source {cfg.name!r}; known: {sorted(SOURCES)}")
-    return SOURCES[cfg.name][1](cfg, seed)
+def load_corpus(cfg: DataConfig | Dict[str, Any], seed: int,
+                overrides: Optional[Dict[str, Any]] = None) -> ParallelCorpus:
+    """The corpus of a data config: a typed one, or a plain dict as a run dir or checkpoint stores
+    it (typed here by its source's schema; ``overrides`` replace its keys, e.g. ``root``)."""
+    name = cfg["name"] if isinstance(cfg, dict) else cfg.name
+    if name not in SOURCES:
+        raise DataError(f"unknown data source {name!r}; known: {sorted(SOURCES)}")
+    if isinstance(cfg, dict) or overrides:
+        cfg = OmegaConf.merge(OmegaConf.structured(SOURCES[name][0]), cfg, overrides or {})
+    return SOURCES[name][1](cfg, seed)
 
 
 def encode_pairs(tok: Tokenizer, src: List[str], tgt: List[str]) -> List[Example]:
@@ -79,4 +87,4 @@ def prepare_data(cfg: DataConfig, seed: int) -> DataBundle:
 
 
 __all__ = ["DataBundle", "DataConfig", "DataError", "Example", "SOURCES", "SPLITS", "Tokenizer", "collate",
-           "make_batches", "prepare_data", "register_source"]
+           "load_corpus", "make_batches", "prepare_data", "register_source"]

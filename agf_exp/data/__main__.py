@@ -3,11 +3,8 @@ ahead of training (the same overrides as ``run.py``, e.g. ``data=wmt17_en_de``),
 sweep's jobs or a multi-GPU run start from it."""
 import logging
 import sys
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from .. import config  # noqa: F401  (registers the config schemas with Hydra)
+from ..config import compose
 from . import DataError, binarized, load_corpus
 
 
@@ -15,9 +12,7 @@ def main(argv=None) -> int:
     """Build the cache of a data config ahead of training (same overrides as run.py)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = list(sys.argv[1:] if argv is None else argv)
-    conf_dir = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose(overrides)
     try:
         corpus = load_corpus(cfg.data, cfg.seed)
         if corpus.train_pairs is None:

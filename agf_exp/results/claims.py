@@ -25,8 +25,11 @@ ceilings (descriptive, no verdict).
 """
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -170,11 +173,23 @@ ANALYSED_ROWS = ("vanilla", "agf_m", "agf_m_pcmv")  # the models whose attention
 
 def _analysis(run_dir: str, name: str) -> Optional[Dict[str, Any]]:
     """``<run_dir>/analysis/<name>.json`` as written by ``python -m agf_exp.analyze <name>``."""
-    import json
-    from pathlib import Path
-
     path = Path(run_dir) / "analysis" / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _decay_fits(run_dir: str) -> Optional[list]:
+    """The run's stored attention profiles (``analyze decay``) refitted with
+    :mod:`agf_exp.analysis.decay`'s current rules; None without the file. The fits take seconds
+    per run, and the claims and the appendix both need them: fitted once per file version."""
+    path = Path(run_dir) / "analysis" / "decay.json"
+    return _fit_file(str(path), path.stat().st_mtime_ns) if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=64)
+def _fit_file(path: str, mtime_ns: int) -> list:
+    from ..analysis import decay
+
+    return decay.fit_profiles(decay.profiles_from_json(json.loads(Path(path).read_text())["profiles"]))
 
 
 def attention_evidence(by_row: Dict[str, List[Any]]) -> Dict[str, Any]:
@@ -190,17 +205,14 @@ def attention_evidence(by_row: Dict[str, List[Any]]) -> Dict[str, Any]:
     tail is described by neither form, else **inconclusive**."""
     from scipy import stats
 
-    from ..analysis import decay as decay_fits
-
     models, counts = [], {"power": 0, "exponential": 0, "neither": 0, "degenerate": 0}
     for row in ANALYSED_ROWS:
         for run in by_row.get(row, []):
-            decay, heads = _analysis(run.path, "decay"), _analysis(run.path, "heads")
-            if decay is None and heads is None:
+            fits, heads = _decay_fits(run.path), _analysis(run.path, "heads")
+            if fits is None and heads is None:
                 continue
             entry: Dict[str, Any] = {"row": row, "seed": run.seed, "run": run.path}
-            if decay is not None:
-                fits = decay_fits.fit_profiles(decay_fits.profiles_from_json(decay["profiles"]))
+            if fits is not None:
                 mine = {form: sum(f.better == form for f in fits) for form in ("power", "exponential", "neither")}
                 mine["degenerate"] = sum(bool(f.power["degenerate"]) for f in fits)
                 for key, value in mine.items():
@@ -347,11 +359,10 @@ def analysis_appendix(result: Dict[str, Any]) -> str:
             continue
         shown.add(m["row"])
         out += [f"### Attention of `{m['row']}` (seed {m['seed']})", ""]
-        h, d = _analysis(m["run"], "heads"), _analysis(m["run"], "decay")
+        h, fits = _analysis(m["run"], "heads"), _decay_fits(m["run"])
         if h is not None:
             scores = [heads.HeadScores(**{k: v for k, v in x.items() if k != "dominant"}) for x in h["heads"]]
             out += ["Positional vs symbolic heads (`analyze heads`):", "", heads.to_markdown(scores, pe=h.get("pe", False))]
-        if d is not None:
-            fits = decay.fit_profiles(decay.profiles_from_json(d["profiles"]))  # refitted with the current rules
+        if fits is not None:
             out += ["Attention by distance (`analyze decay`):", "", decay.to_markdown(fits)]
     return "\n".join(out) + ("\n" if out else "")

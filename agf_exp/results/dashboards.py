@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Set
 
 from ..tables import PAPER_ROWS, TABLES, Table
+from ..tables import table as get_table
 from .claims import evaluate_claims
 from .claims import to_markdown as claims_markdown
 from .format import to_markdown
@@ -57,9 +58,9 @@ def view_tables(names: Optional[Sequence[str]] = None) -> List[Table]:
     out = []
     for name in names:
         try:
-            spec = TABLES[name] if name in TABLES else next(t for t in TABLES.values() if t.name == f"table{name}")
-        except StopIteration:
-            raise DashboardError(f"unknown table {name!r}; the paper's tables are {', '.join(TABLES)}") from None
+            spec = get_table(name)
+        except KeyError as e:
+            raise DashboardError(e.args[0]) from None
         if spec.name in NO_VIEW:
             raise DashboardError(f"{spec.name} gets no view: {NO_VIEW[spec.name]}")
         out.append(spec)

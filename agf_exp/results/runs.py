@@ -5,16 +5,19 @@ A run belongs to a row through its ``row`` config value, or, for runs started wi
 through its mode and toggles matching ``conf/row/<row>.yaml``."""
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
+
 from ..analysis.curves import read_metrics
+from ..config import CONF_DIR
 from . import ReportError
+from .stats import bleu_statistics
 
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass
@@ -37,6 +40,23 @@ class Run:
     @property
     def experiment(self) -> str:
         return str(self.config.get("experiment", "custom"))
+
+    @property
+    def decode_key(self) -> Optional[str]:
+        """The decoding the report scores: ``test/beam``, else test greedy, else valid."""
+        decoding = (self.summary or {}).get("decoding", {})
+        return next((k for k in ("test/beam", "test/greedy", "valid/beam", "valid/greedy") if k in decoding), None)
+
+    @functools.cached_property
+    def bleu_statistics(self) -> Optional[np.ndarray]:
+        """Per-sentence BLEU statistics of :attr:`decode_key`'s translations against their
+        references (None when the files are missing), computed once per run: every table and
+        claim that pairs this run reuses them."""
+        if self.decode_key is None:
+            return None
+        split, strategy = self.decode_key.split("/")
+        hyps, refs = self.files.get(f"{split}.{strategy}"), self.files.get(f"{split}.ref")
+        return None if hyps is None or refs is None else bleu_statistics(hyps, refs)
 
 
 def row_signatures(conf_dir: Path = CONF_DIR) -> Dict[Tuple, str]:

@@ -11,15 +11,7 @@ import numpy as np
 from ..tables import PAPER_ROWS, PAPER_SETUP, PAPER_WORKED_EXAMPLE, TABLES, Table, table as get_table
 from . import ReportError
 from .runs import Run
-from .stats import bleu_statistics, mean_ci, paired_bootstrap
-
-
-def decode_key(run: Run) -> Optional[str]:
-    decoding = (run.summary or {}).get("decoding", {})
-    for key in ("test/beam", "test/greedy", "valid/beam", "valid/greedy"):
-        if key in decoding:
-            return key
-    return None
+from .stats import mean_ci, paired_bootstrap
 
 
 def pick_experiment(runs: List[Run], rows: Sequence[str], experiment: Optional[str]) -> Optional[str]:
@@ -75,9 +67,9 @@ def report_table(name: str, runs: List[Run], experiment: Optional[str] = None, n
         else:
             missing.append(f"{row}: no finished run")
         acc = mean_ci([r.summary["final"].get("val_acc") for r in rs])
-        bleu = mean_ci([r.summary["decoding"][k]["bleu"] for r in rs if (k := decode_key(r))])
+        bleu = mean_ci([r.summary["decoding"][k]["bleu"] for r in rs if (k := r.decode_key)])
         entry = {"row": row, "label": label, "paper": paper, "val_acc": acc, "test_bleu": bleu,
-                 "bleu_source": sorted({k for r in rs if (k := decode_key(r))}),
+                 "bleu_source": sorted({k for r in rs if (k := r.decode_key)}),
                  "seeds": [r.seed for r in rs], "runs": [r.path for r in rs],
                  "paper_diff": None if spec.baseline is None else paper - PAPER_ROWS[spec.baseline][1],
                  "diff": None, "bootstrap": None}
@@ -95,18 +87,10 @@ def report_table(name: str, runs: List[Run], experiment: Optional[str] = None, n
 
 
 def decoded_statistics(runs: List[Run]) -> List[np.ndarray]:
-    """Per-run BLEU statistics of the decoded test (or valid) split; [] when any file is missing."""
-    out = []
-    for run in runs:
-        key = decode_key(run)
-        if key is None:
-            return []
-        split, strategy = key.split("/")
-        hyps, refs = run.files.get(f"{split}.{strategy}"), run.files.get(f"{split}.ref")
-        if hyps is None or refs is None:
-            return []
-        out.append(bleu_statistics(hyps, refs))
-    if len({s.shape[0] for s in out}) > 1:
+    """Per-run BLEU statistics of the decoded test (or valid) split; [] when any run lacks them or
+    the runs decoded different sentences."""
+    out = [run.bleu_statistics for run in runs]
+    if any(s is None for s in out) or len({s.shape[0] for s in out}) > 1:
         return []
     return out
 
