@@ -65,9 +65,28 @@ def ours(experiment: str, overrides: List[str]) -> Dict[str, Any]:
 
 
 def report_every(steps: int) -> int:
-    """Eole's report window: 50 steps, or the whole run when 50 does not divide it (the windows
-    must cover every step, since the figures are read from them)."""
-    return 50 if steps % 50 == 0 else steps
+    """Eole's report window: the largest divisor of ``steps`` up to 50 (the windows must cover
+    every step, since the figures are read from them; a report line costs nothing)."""
+    return max(d for d in range(1, min(steps, 50) + 1) if steps % d == 0)
+
+
+def eval_every(steps: int) -> int:
+    """agf-exp's evaluation interval in a ``--steps`` run, whose records are its report windows:
+    the smallest divisor of ``steps`` from 50 up (an evaluation costs a validation pass)."""
+    return min(d for d in range(min(steps, 50), steps + 1) if steps % d == 0)
+
+
+def steps_of_epochs(experiment: str, overrides: List[str], spm_model: Path, epochs: int) -> int:
+    """The optimizer updates agf-exp makes in ``epochs`` epochs of ``experiment``: its own batches
+    of each epoch (they depend on the seed and the epoch) over ``accum_steps``, so Eole can be
+    told the same number of steps."""
+    from agf_exp.config import compose
+    from agf_exp.data import make_batches, prepare_data
+
+    cfg = compose([f"experiment={experiment}", *overrides, f"data.subword_file={spm_model.resolve()}"])
+    train = prepare_data(cfg.data, cfg.seed).examples["train"]
+    return sum(math.ceil(len(make_batches(train, cfg.trainer.batch_tokens, shuffle=True, seed=cfg.seed, epoch=e))
+                         / cfg.trainer.accum_steps) for e in range(epochs))
 
 
 def eole_config(cfg: Dict[str, Any], files: Dict[str, Path], steps: int, device: str,
@@ -285,12 +304,14 @@ def bleu(hyps_file: Path, refs_file: Path, detok: Optional[Path] = None) -> floa
 
 
 def ours_command(args, cfg, run_dir: Path, extra: List[str]) -> List[str]:
-    """agf-exp's ``run.py`` for ``--steps`` updates, evaluated every Eole report window."""
-    return [sys.executable, "run.py", f"experiment={args.experiment}", *extra, f"seed={cfg['seed']}",
-            f"trainer.max_steps={args.steps}", "trainer.max_epochs=1000", f"trainer.num_threads={args.threads}",
-            f"trainer.device={args.device}", "trainer.decode_splits=[]", "trainer.progress=false",
-            f"trainer.eval_every_steps={report_every(args.steps)}",  # windows as Eole reports them
-            f"data.subword_file={args.spm.resolve()}", f"hydra.run.dir={run_dir}"]
+    """agf-exp's ``run.py``: with ``--epochs``, the experiment's own recipe for that many epochs
+    (evaluated once per epoch); else ``--steps`` updates, evaluated every :func:`eval_every`."""
+    budget = ([f"trainer.max_epochs={args.epochs}"] if args.epochs else
+              [f"trainer.max_steps={args.steps}", "trainer.max_epochs=1000",
+               f"trainer.eval_every_steps={eval_every(args.steps)}"])
+    return [sys.executable, "run.py", f"experiment={args.experiment}", *extra, f"seed={cfg['seed']}", *budget,
+            f"trainer.num_threads={args.threads}", f"trainer.device={args.device}", "trainer.decode_splits=[]",
+            "trainer.progress=false", f"data.subword_file={args.spm.resolve()}", f"hydra.run.dir={run_dir}"]
 
 
 def train_side_by_side(args, cfg, eole_cfg: Dict[str, Any], eole_exe, out) -> Dict[str, Dict[str, Any]]:
@@ -309,7 +330,7 @@ def train_side_by_side(args, cfg, eole_cfg: Dict[str, Any], eole_exe, out) -> Di
 
 def decode_side_by_side(args, files, eole_exe, out, results, max_len_a: float = 1.2) -> None:
     ours_out, eole_out = out / "agf.test.beam.txt", out / "eole.test.beam.txt"
-    ckpt = out / "agf" / "checkpoints" / "best.pt"
+    ckpt = out / "agf" / "checkpoints" / "last.pt"  # the final step, as Eole's step_N (best.pt may be earlier)
     procs = [start([sys.executable, "-m", "agf_exp.evaluate", f"ckpt={ckpt}", f"input={files['test.raw']}",
                     f"output={ours_out}", "strategy=beam", "beam_size=5", f"device={args.device}"],
                    out / "agf.decode.log", args.threads),
@@ -350,6 +371,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="small")
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--epochs", type=int, help="instead of --steps: agf-exp's recipe for this many epochs (12: "
+                        "experiment=small to the end), Eole for the same number of updates")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each side")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: one GPU each (GPUs 0 and 1)")
     parser.add_argument("--spm", type=Path, default=ROOT / "results" / "multi30k-small" / "unigram8000.model")
@@ -385,6 +408,9 @@ def run(args, cfg) -> int:
     for old in ("agf", "eole", "cost0", "cost1"):  # a fresh measurement (a finished run dir would be skipped)
         shutil.rmtree(out / old, ignore_errors=True)
     files = prepare_files(cfg, args.spm, out / "data", args.max_test)
+    if args.epochs:
+        args.steps = steps_of_epochs(args.experiment, args.overrides, args.spm, args.epochs)
+        print(f"{args.epochs} epochs of agf-exp's batches = {args.steps} updates (Eole trains as many)", flush=True)
     eole_cfg, mismatches = eole_config(cfg, files, args.steps, args.device, out / "eole" / "model")
     print("Mismatches that remain:\n" + "\n".join(f"- {m}" for m in mismatches), flush=True)
     results = train_side_by_side(args, cfg, eole_cfg, eole_exe, out)
@@ -392,10 +418,11 @@ def run(args, cfg) -> int:
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{args.device}, {args.threads} thread(s) per side, both at once")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    print(f"\n{args.steps} steps of experiment={args.experiment} {' '.join(args.overrides)}; {machine}; "
+    budget = f"{args.epochs} epochs ({args.steps} steps)" if args.epochs else f"{args.steps} steps"
+    print(f"\n{budget} of experiment={args.experiment} {' '.join(args.overrides)}; {machine}; "
           f"Eole {args.eole_version}; commit {commit}\n")
     print(table(results, "agf-exp", "Eole"))
-    report = {"steps": args.steps, "machine": machine, "commit": commit, "eole": args.eole_version,
+    report = {"steps": args.steps, "epochs": args.epochs, "machine": machine, "commit": commit, "eole": args.eole_version,
               "mismatches": mismatches, "results": results}
     if args.agf_cost:
         cost = agf_cost(args, cfg, out)
