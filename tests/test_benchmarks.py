@@ -93,3 +93,31 @@ def test_peer_reads_agf_exp_the_way_it_reads_eole(tmp_path):
     assert got["tokens_per_batch"] == pytest.approx(2000.0)
     assert got["end_to_end_tokens_per_s"] == pytest.approx((100_000 + 100_000) / (320.0 - 20.0))
     assert got["val_acc"] == 9.0 and got["val_ppl_smoothed"] == pytest.approx(2.718281828459045 ** 6)
+
+
+def test_peer_report_windows_cover_every_step():
+    """Eole reports every few steps and agf-exp evaluates every ~50; both sets of windows must
+    tile the run exactly, since the rates are read from them (2076 steps = 12 epochs of small)."""
+    import peer
+
+    assert (peer.report_every(250), peer.eval_every(250)) == (50, 50)
+    assert (peer.report_every(2076), peer.eval_every(2076)) == (12, 173)
+    assert (peer.report_every(7), peer.eval_every(7)) == (7, 7)  # a prime: one window
+    for steps in (1, 13, 300, 2076, 4099):
+        assert steps % peer.report_every(steps) == 0 and steps % peer.eval_every(steps) == 0
+        assert peer.report_every(steps) <= 50 and (peer.eval_every(steps) >= 50 or peer.eval_every(steps) == steps)
+
+
+def test_peer_counts_agf_exps_updates_of_whole_epochs(multi30k_root, monkeypatch):
+    """--epochs tells Eole the number of updates agf-exp's own batches make: 12 epochs of
+    experiment=small with the committed pieces are the committed runs' 2076 steps."""
+    import peer
+
+    monkeypatch.setenv("MULTI30K_ROOT", str(multi30k_root))
+    spm = ROOT / "results" / "multi30k-small" / "unigram8000.model"
+    assert peer.steps_of_epochs("small", [], spm, 12) == 2076
+    summary = json.loads((ROOT / "results/multi30k-small/table4/small/vanilla/seed1/summary.json").read_text())
+    assert summary["steps"] == 2076 and summary["epochs"] == 12
+    # accumulation halves the updates of an epoch (rounded up)
+    one = peer.steps_of_epochs("small", [], spm, 1)
+    assert peer.steps_of_epochs("small", ["trainer.accum_steps=2"], spm, 1) == -(-one // 2)
