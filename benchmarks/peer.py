@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 EOLE_VERSION = "0.6.4"
+EOLE_BUCKET = 262144  # Eole's default bucket_size (examples gathered, then sorted by length and batched)
 RSS = [sys.executable, "-c",  # run a command, then print its peak RSS (KiB) on stderr's last line
        "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
        "print(f'PEAK_RSS_KIB {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr); "
@@ -90,7 +91,7 @@ def steps_of_epochs(experiment: str, overrides: List[str], spm_model: Path, epoc
 
 
 def eole_config(cfg: Dict[str, Any], files: Dict[str, Path], steps: int, device: str,
-                save_dir: Path) -> Tuple[Dict[str, Any], List[str]]:
+                save_dir: Path, bucket_size: int = EOLE_BUCKET) -> Tuple[Dict[str, Any], List[str]]:
     """Eole's config doing what agf-exp's ``cfg`` does, and the differences that remain."""
     m, t = cfg["model"], cfg["trainer"]
     # agf-exp: lr(s) = peak * min(s / w, sqrt(w / s)); Eole's noam: lr * d^-0.5 * min(s^-0.5, s * w^-1.5)
@@ -103,7 +104,7 @@ def eole_config(cfg: Dict[str, Any], files: Dict[str, Path], steps: int, device:
                  "valid": {"path_src": str(files["valid.src"]), "path_tgt": str(files["valid.tgt"])}},
         "training": {
             "model_path": str(save_dir), "save_checkpoint_steps": steps, "train_steps": steps,
-            "valid_steps": steps, "keep_checkpoint": 1, "world_size": 1,
+            "valid_steps": steps, "keep_checkpoint": 1, "world_size": 1, "bucket_size": bucket_size,
             "gpu_ranks": [0] if device == "cuda" else [], "batch_type": "tokens", "batch_size": t["batch_tokens"],
             "valid_batch_size": t["eval_batch_tokens"], "accum_count": [t["accum_steps"]], "num_workers": 0,
             "optim": "adam", "adam_beta1": t["adam_betas"][0], "adam_beta2": t["adam_betas"][1],
@@ -123,8 +124,10 @@ def eole_config(cfg: Dict[str, Any], files: Dict[str, Path], steps: int, device:
     }
     mismatches = [
         "batches: both pack sentences by length up to batch_tokens padded tokens, but Eole fills buckets of "
-        f"bucket_size={262144} examples and sorts within them, agf-exp sorts the whole epoch (seeded ties): "
-        "the target tokens per batch differ (measured below)",
+        f"bucket_size={bucket_size} examples read from the corpus in order (repeating it when the corpus is "
+        "smaller: Multi30k's 29,000 pairs fill the default 262,144 nine times, so a length-sorted batch can hold "
+        "copies of one sentence) and sorts within them, agf-exp sorts each epoch once (seeded ties): the target "
+        "tokens per batch differ (measured below)",
         "initialisation: both draw every matrix Xavier-uniform (OpenNMT's glorot), from different random "
         "streams, so the two models start from different draws of the same distribution",
         "EOS: agf-exp appends EOS to every source; here Eole's sources carry '</s>' in the text to match",
@@ -320,30 +323,37 @@ def train_side_by_side(args, cfg, eole_cfg: Dict[str, Any], eole_exe, out) -> Di
     (out / "eole").mkdir(parents=True, exist_ok=True)
     (out / "eole" / "config.yaml").write_text(yaml.safe_dump(eole_cfg, sort_keys=False))
     ours_dir = out / "agf"
-    procs = [start(ours_command(args, cfg, ours_dir, args.overrides), out / "agf.log", args.threads,
-                   gpu="0" if args.device == "cuda" else None),
-             start([str(eole_exe), "train", "-config", str(out / "eole" / "config.yaml")], out / "eole.log",
+    procs = [start([str(eole_exe), "train", "-config", str(out / "eole" / "config.yaml")], out / "eole.log",
                    args.threads, gpu="1" if args.device == "cuda" else None)]
-    ours_run, eole_run = finish(procs)
-    return {"agf-exp": read_ours(ours_dir, ours_run), "Eole": read_eole(eole_run)}
+    if not args.eole_only:
+        procs.append(start(ours_command(args, cfg, ours_dir, args.overrides), out / "agf.log", args.threads,
+                           gpu="0" if args.device == "cuda" else None))
+    runs = finish(procs)
+    results = {"Eole": read_eole(runs[0])}
+    if not args.eole_only:
+        results["agf-exp"] = read_ours(ours_dir, runs[1])
+    return results
 
 
 def decode_side_by_side(args, files, eole_exe, out, results, max_len_a: float = 1.2) -> None:
     ours_out, eole_out = out / "agf.test.beam.txt", out / "eole.test.beam.txt"
     ckpt = out / "agf" / "checkpoints" / "last.pt"  # the final step, as Eole's step_N (best.pt may be earlier)
-    procs = [start([sys.executable, "-m", "agf_exp.evaluate", f"ckpt={ckpt}", f"input={files['test.raw']}",
-                    f"output={ours_out}", "strategy=beam", "beam_size=5", f"device={args.device}"],
-                   out / "agf.decode.log", args.threads),
-             start([str(eole_exe), "predict", "-model_path", str(out / "eole" / "model" / f"step_{args.steps}"),
+    procs = [start([str(eole_exe), "predict", "-model_path", str(out / "eole" / "model" / f"step_{args.steps}"),
                     "-src", str(files["test.src"]), "-output", str(eole_out), "-beam_size", "5", "-batch_size", "64",
                     "-batch_type", "sents", "-length_penalty", "avg", "-max_length_ratio",
                     str(max_len_a)] + (["-gpu_ranks", "0"] if args.device == "cuda" else []),
                    out / "eole.decode.log", args.threads)]
-    ours_run, eole_run = finish(procs)
+    if not args.eole_only:
+        procs.append(start([sys.executable, "-m", "agf_exp.evaluate", f"ckpt={ckpt}", f"input={files['test.raw']}",
+                            f"output={ours_out}", "strategy=beam", "beam_size=5", f"device={args.device}"],
+                           out / "agf.decode.log", args.threads))
+    runs = finish(procs)
     n = len(files["test.ref"].read_text().split("\n")) - 1
-    results["agf-exp"].update(decode_sentences_per_s=n / ours_run["wall_s"], test_bleu=bleu(ours_out, files["test.ref"]))
-    results["Eole"].update(decode_sentences_per_s=n / eole_run["wall_s"],
+    results["Eole"].update(decode_sentences_per_s=n / runs[0]["wall_s"],
                            test_bleu=bleu(eole_out, files["test.ref"], detok=args.spm))
+    if not args.eole_only:
+        results["agf-exp"].update(decode_sentences_per_s=n / runs[1]["wall_s"],
+                                  test_bleu=bleu(ours_out, files["test.ref"]))
 
 
 ROWS = [("target tokens/s (update time)", "train_tokens_per_s", "{:.0f}"),
@@ -356,6 +366,12 @@ ROWS = [("target tokens/s (update time)", "train_tokens_per_s", "{:.0f}"),
 
 
 def table(results: Dict[str, Dict[str, Any]], left: str, right: str) -> str:
+    """The figures of ``left`` and ``right`` and their ratio; ``right`` alone when ``left`` did not run."""
+    if left not in results:
+        lines = [f"| | {right} |", "|---|---|"]
+        lines += [f"| {label} | {fmt.format(results[right][key])} |" for label, key, fmt in ROWS
+                  if results[right].get(key) is not None]
+        return "\n".join(lines)
     lines = [f"| | {left} | {right} | {left} / {right} |", "|---|---|---|---|"]
     for label, key, fmt in ROWS:
         a, b = results[left].get(key), results[right].get(key)
@@ -381,16 +397,22 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "peer")
     parser.add_argument("--max-test", type=int, help="decode only the first N test sentences (a quick look)")
     parser.add_argument("--agf-cost", action="store_true", help="also train pos=agf_m pcmv=true beside agf-exp's vanilla")
+    parser.add_argument("--eole-bucket-size", type=int, default=EOLE_BUCKET,
+                        help="Eole's bucket_size (its default; the number of training pairs: one epoch per bucket)")
+    parser.add_argument("--eole-only", action="store_true", help="train and decode Eole alone (an Eole ablation)")
     parser.add_argument("--print-config", action="store_true", help="print the Eole config and the mismatches, then stop")
     parser.add_argument("overrides", nargs="*", help="agf-exp overrides for both sides' settings (default pos=none)")
     args = parser.parse_args(argv)
+    if args.eole_only and args.agf_cost:
+        parser.error("--agf-cost measures agf-exp against itself; drop --eole-only")
     try:
         cfg = ours(args.experiment, args.overrides)
         if args.print_config:
             import yaml
 
             placeholder = {k: Path(f"<{k}>") for k in ("train.src", "train.tgt", "valid.src", "valid.tgt", "vocab")}
-            eole_cfg, mismatches = eole_config(cfg, placeholder, args.steps, args.device, Path("<out>/eole/model"))
+            eole_cfg, mismatches = eole_config(cfg, placeholder, args.steps, args.device, Path("<out>/eole/model"),
+                                               args.eole_bucket_size)
             print(yaml.safe_dump(eole_cfg, sort_keys=False))
             print("Mismatches that remain:\n" + "\n".join(f"- {m}" for m in mismatches))
             return 0
@@ -411,18 +433,20 @@ def run(args, cfg) -> int:
     if args.epochs:
         args.steps = steps_of_epochs(args.experiment, args.overrides, args.spm, args.epochs)
         print(f"{args.epochs} epochs of agf-exp's batches = {args.steps} updates (Eole trains as many)", flush=True)
-    eole_cfg, mismatches = eole_config(cfg, files, args.steps, args.device, out / "eole" / "model")
+    eole_cfg, mismatches = eole_config(cfg, files, args.steps, args.device, out / "eole" / "model",
+                                       args.eole_bucket_size)
     print("Mismatches that remain:\n" + "\n".join(f"- {m}" for m in mismatches), flush=True)
     results = train_side_by_side(args, cfg, eole_cfg, eole_exe, out)
     decode_side_by_side(args, files, eole_exe, out, results, cfg["trainer"]["max_len_a"])
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-               f"{args.device}, {args.threads} thread(s) per side, both at once")
+               f"{args.device}, {args.threads} thread(s) per side, " + ("Eole alone" if args.eole_only else "both at once"))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     budget = f"{args.epochs} epochs ({args.steps} steps)" if args.epochs else f"{args.steps} steps"
     print(f"\n{budget} of experiment={args.experiment} {' '.join(args.overrides)}; {machine}; "
-          f"Eole {args.eole_version}; commit {commit}\n")
+          f"Eole {args.eole_version} (bucket_size {args.eole_bucket_size}); commit {commit}\n")
     print(table(results, "agf-exp", "Eole"))
     report = {"steps": args.steps, "epochs": args.epochs, "machine": machine, "commit": commit, "eole": args.eole_version,
+              "eole_bucket_size": args.eole_bucket_size,
               "mismatches": mismatches, "results": results}
     if args.agf_cost:
         cost = agf_cost(args, cfg, out)

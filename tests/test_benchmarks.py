@@ -52,6 +52,10 @@ def test_peer_writes_an_eole_config_equivalent_to_experiment_small():
     # Eole's noam schedule reaches agf-exp's peak lr at the end of warm-up: lr * (d * w)^-0.5 == peak
     assert training["learning_rate"] * (256 * training["warmup_steps"]) ** -0.5 == pytest.approx(cfg["trainer"]["lr"])
     assert any("EOS" in m for m in mismatches)
+    assert training["bucket_size"] == peer.EOLE_BUCKET == 262144  # Eole's own default unless asked
+    eole, mismatches = peer.eole_config(cfg, files, steps=300, device="cpu", save_dir=Path("/out/model"),
+                                        bucket_size=29000)
+    assert eole["training"]["bucket_size"] == 29000 and any("bucket_size=29000" in m for m in mismatches)
     proc = subprocess.run([sys.executable, "benchmarks/peer.py", "--print-config"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -121,3 +125,15 @@ def test_peer_counts_agf_exps_updates_of_whole_epochs(multi30k_root, monkeypatch
     # accumulation halves the updates of an epoch (rounded up)
     one = peer.steps_of_epochs("small", [], spm, 1)
     assert peer.steps_of_epochs("small", ["trainer.accum_steps=2"], spm, 1) == -(-one // 2)
+
+
+def test_peer_table_gives_ratios_or_one_side_alone():
+    import peer
+
+    a = {"train_tokens_per_s": 1500.0, "val_acc": 65.0, "parameters": 7}
+    b = {"train_tokens_per_s": 1000.0, "val_acc": 50.0, "parameters": 7}
+    both = peer.table({"agf-exp": a, "Eole": b}, "agf-exp", "Eole").splitlines()
+    assert both[0] == "| | agf-exp | Eole | agf-exp / Eole |"
+    assert "| target tokens/s (update time) | 1500 | 1000 | 1.500 |" in both and len(both) == 2 + 3
+    alone = peer.table({"Eole": b}, "agf-exp", "Eole").splitlines()  # --eole-only
+    assert alone[:2] == ["| | Eole |", "|---|---|"] and "| validation accuracy % (at the same step) | 50.00 |" in alone
