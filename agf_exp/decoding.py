@@ -80,7 +80,9 @@ def greedy_decode(model: Seq2SeqTransformer, src: torch.Tensor, max_len_a: float
 @torch.no_grad()
 def beam_search(model: Seq2SeqTransformer, src: torch.Tensor, beam: int = 5, max_len_a: float = 1.2,
                 max_len_b: int = 10, len_penalty: float = 1.0) -> List[List[int]]:
-    """Token ids (without BOS/EOS) of the best beam hypothesis for each source row."""
+    """Token ids (without BOS/EOS) of the best beam hypothesis for each source row. A sentence
+    whose search has ended leaves the batch (its rows of the memory, the cache and the beams are
+    dropped), so the decoder only computes the sentences still searching."""
     n, device = src.shape[0], src.device
     memory, src_pad = model.encode(src)
     memory, src_pad = memory.repeat_interleave(beam, 0), src_pad.repeat_interleave(beam, 0)
@@ -91,7 +93,7 @@ def beam_search(model: Seq2SeqTransformer, src: torch.Tensor, beam: int = 5, max
     scores = torch.full((n, beam), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one alive
     finished: List[List[tuple]] = [[] for _ in range(n)]
-    done = [False] * n
+    searching = list(range(n))  # the sentence of each batch position (rows pos * beam ... + beam - 1)
     for t in range(int(limits.max())):
         logits = model.decode(tokens[:, -1:], memory, src_pad, cache=cache, start=t)[:, -1]
         lprobs = torch.log_softmax(logits.float(), dim=-1)
@@ -103,39 +105,40 @@ def beam_search(model: Seq2SeqTransformer, src: torch.Tensor, beam: int = 5, max
             lprobs[at_limit] = float("-inf")
             lprobs[at_limit, EOS] = eos
         vocab = lprobs.shape[-1]
-        cand = (scores.view(-1, 1) + lprobs).view(n, beam * vocab)
+        cand = (scores.view(-1, 1) + lprobs).view(len(searching), beam * vocab)
         top_scores, top_idx = cand.topk(2 * beam, dim=1)
         top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
-        next_rows, next_tokens, next_scores = [], [], []
-        for i in range(n):
+        next_rows, next_tokens, next_scores, still = [], [], [], []
+        for pos, i in enumerate(searching):
             alive = []
-            if not done[i]:
-                for score, idx in zip(top_scores[i], top_idx[i]):
-                    if score == float("-inf"):
+            for score, idx in zip(top_scores[pos], top_idx[pos]):
+                if score == float("-inf"):
+                    break
+                row, tok = pos * beam + idx // vocab, idx % vocab
+                if tok == EOS:
+                    hyp = tokens[row, 1:].tolist()
+                    finished[i].append((score / float(len(hyp) + 1) ** len_penalty, hyp))
+                    if len(finished[i]) >= beam:
                         break
-                    row, tok = i * beam + idx // vocab, idx % vocab
-                    if tok == EOS:
-                        hyp = tokens[row, 1:].tolist()
-                        finished[i].append((score / float(len(hyp) + 1) ** len_penalty, hyp))
-                        if len(finished[i]) >= beam:
-                            break
-                    else:
-                        alive.append((row, tok, score))
-                        if len(alive) == beam:
-                            break
-                if len(finished[i]) >= beam or not alive:
-                    done[i] = True
-            if done[i]:
-                alive = []
-            alive += [(i * beam, PAD, float("-inf"))] * (beam - len(alive))
+                else:
+                    alive.append((row, tok, score))
+                    if len(alive) == beam:
+                        break
+            if len(finished[i]) >= beam or not alive:
+                continue  # this sentence's search has ended
+            still.append(i)
+            alive += [(pos * beam, PAD, float("-inf"))] * (beam - len(alive))
             for row, tok, score in alive:
                 next_rows.append(row)
                 next_tokens.append(tok)
                 next_scores.append(score)
-        if all(done):
+        if not still:
             break
         index = torch.tensor(next_rows, device=device)
         tokens = torch.cat([tokens.index_select(0, index), torch.tensor(next_tokens, device=device)[:, None]], 1)
-        scores = torch.tensor(next_scores, device=device).view(n, beam)
+        scores = torch.tensor(next_scores, device=device).view(len(still), beam)
         reorder_cache(cache, index)
+        if len(still) < len(searching):  # the rows of ended sentences leave the batch
+            memory, src_pad, limits_rows = memory[index], src_pad[index], limits_rows[index]
+        searching = still
     return [max(hyps)[1] if hyps else [] for hyps in finished]

@@ -145,3 +145,32 @@ def test_beam_search_finds_a_better_or_equal_score_than_greedy():
     beam = beam_search(model, src, beam=5, max_len_a=1.0, max_len_b=3)
     for i in range(src.shape[0]):
         assert logprob(i, beam[i]) >= logprob(i, greedy[i]) - 1e-4
+
+
+@pytest.mark.parametrize("mode", ["none", "agf_m"])
+def test_beam_search_drops_ended_sentences_and_each_sentence_decodes_as_alone(mode):
+    """A sentence whose search has ended leaves the batch: the decoder's rows shrink, and every
+    sentence's translation is the one it gets when decoded by itself (no crossed rows when the
+    memory, the cache and the beams are pruned)."""
+    model = make_model(mode, pe=mode == "none", seed=3)
+    g = torch.Generator().manual_seed(5)
+    lengths = [2, 9, 4, 7, 3, 9]
+    src = torch.full((len(lengths), max(lengths)), PAD)
+    for i, n in enumerate(lengths):
+        src[i, :n] = torch.randint(4, V, (n,), generator=g)
+    rows, decode = [], model.decode
+
+    def counting(tgt_in, memory, src_pad, cache=None, start=0):
+        assert memory.shape[0] == src_pad.shape[0] == tgt_in.shape[0]
+        rows.append(tgt_in.shape[0])
+        return decode(tgt_in, memory, src_pad, cache=cache, start=start)
+
+    model.decode = counting
+    together = beam_search(model, src, beam=3, max_len_a=1.0, max_len_b=1)
+    assert rows[0] == len(lengths) * 3 and rows[-1] < rows[0] and rows == sorted(rows, reverse=True)
+    assert rows[-1] <= 2 * 3  # at most the two longest sentences search to their limit (10 tokens)
+    model.decode = decode
+    alone = [beam_search(model, src[i:i + 1, :n], beam=3, max_len_a=1.0, max_len_b=1)[0]
+             for i, n in enumerate(lengths)]
+    assert together == alone
+    assert all(len(hyp) <= n + 1 for hyp, n in zip(together, lengths))
