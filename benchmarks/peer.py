@@ -42,6 +42,8 @@ from typing import Any, Dict, List, Optional, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agf_exp.atomic import atomic_write_bytes  # noqa: E402  (after the path: runs from a checkout)
+
 EOLE_VERSION = "0.6.4"
 EOLE_BUCKET = 262144  # Eole's default bucket_size (examples gathered, then sorted by length and batched)
 RSS = [sys.executable, "-c",  # run a command, then print its peak RSS (KiB) on stderr's last line
@@ -400,6 +402,9 @@ def main(argv=None) -> int:
     parser.add_argument("--eole-bucket-size", type=int, default=EOLE_BUCKET,
                         help="Eole's bucket_size (its default; the number of training pairs: one epoch per bucket)")
     parser.add_argument("--eole-only", action="store_true", help="train and decode Eole alone (an Eole ablation)")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="decode again from the checkpoints of the finished benchmark in --out (its peer.json): "
+                             "re-measures decoding after a change, keeps the training figures")
     parser.add_argument("--print-config", action="store_true", help="print the Eole config and the mismatches, then stop")
     parser.add_argument("overrides", nargs="*", help="agf-exp overrides for both sides' settings (default pos=none)")
     args = parser.parse_args(argv)
@@ -422,10 +427,31 @@ def main(argv=None) -> int:
         return 2
 
 
+def decode_again(args, cfg) -> int:
+    """``--decode-only``: both sides decode their checkpoints of the benchmark in ``--out`` again
+    (side by side); the new decoding figures replace the old ones in its ``peer.json``."""
+    report_file = args.out / "peer.json"
+    if not report_file.is_file():
+        raise PeerError(f"{report_file} does not exist: --decode-only needs a finished benchmark in --out")
+    report = json.loads(report_file.read_text())
+    args.steps, args.eole_only = report["steps"], "agf-exp" not in report["results"]
+    files = {name: args.out / "data" / name for name in ("test.src", "test.raw", "test.ref")}
+    decode_side_by_side(args, files, eole_env(args.cache, report["eole"]), args.out, report["results"],
+                        cfg["trainer"]["max_len_a"])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    report["decoded_at_commit"] = commit
+    print(f"decoded again at commit {commit} (trained at {report['commit']}):\n")
+    print(table(report["results"], "agf-exp", "Eole"))
+    atomic_write_bytes(report_file, (json.dumps(report, indent=1, default=str) + "\n").encode())
+    return 0
+
+
 def run(args, cfg) -> int:
     import torch
 
     out = args.out
+    if args.decode_only:
+        return decode_again(args, cfg)
     eole_exe = eole_env(args.cache, args.eole_version)
     for old in ("agf", "eole", "cost0", "cost1"):  # a fresh measurement (a finished run dir would be skipped)
         shutil.rmtree(out / old, ignore_errors=True)
@@ -453,7 +479,7 @@ def run(args, cfg) -> int:
         print("\nagf-exp's AGF-M + PCM-V against its own vanilla, trained side by side:\n")
         print(table(cost, "pos=agf_m pcmv=true", "vanilla"))
         report["agf_cost"] = cost
-    (out / "peer.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    atomic_write_bytes(out / "peer.json", (json.dumps(report, indent=1, default=str) + "\n").encode())
     return 0
 
 

@@ -137,3 +137,12 @@ def test_peer_table_gives_ratios_or_one_side_alone():
     assert "| target tokens/s (update time) | 1500 | 1000 | 1.500 |" in both and len(both) == 2 + 3
     alone = peer.table({"Eole": b}, "agf-exp", "Eole").splitlines()  # --eole-only
     assert alone[:2] == ["| | Eole |", "|---|---|"] and "| validation accuracy % (at the same step) | 50.00 |" in alone
+
+
+def test_peer_decode_only_needs_a_finished_benchmark(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/peer.py", "--decode-only", "--out", str(tmp_path / "none")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'none' / 'peer.json'} does not exist: --decode-only needs a finished benchmark in --out"]
+    assert not (tmp_path / "none").exists()
