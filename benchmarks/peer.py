@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from agf_exp.atomic import atomic_write_bytes  # noqa: E402  (after the path: runs from a checkout)
 
 EOLE_VERSION = "0.6.4"
-EOLE_BUCKET = 262144  # Eole's default bucket_size (examples gathered, then sorted by length and batched)
+EOLE_BUCKET = 262144  # Eole's own default bucket_size (examples gathered, then sorted by length and batched)
 RSS = [sys.executable, "-c",  # run a command, then print its peak RSS (KiB) on stderr's last line
        "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
        "print(f'PEAK_RSS_KIB {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr); "
@@ -93,7 +93,7 @@ def steps_of_epochs(experiment: str, overrides: List[str], spm_model: Path, epoc
 
 
 def eole_config(cfg: Dict[str, Any], files: Dict[str, Path], steps: int, device: str,
-                save_dir: Path, bucket_size: int = EOLE_BUCKET) -> Tuple[Dict[str, Any], List[str]]:
+                save_dir: Path, bucket_size: Union[int, str] = EOLE_BUCKET) -> Tuple[Dict[str, Any], List[str]]:
     """Eole's config doing what agf-exp's ``cfg`` does, and the differences that remain."""
     m, t = cfg["model"], cfg["trainer"]
     # agf-exp: lr(s) = peak * min(s / w, sqrt(w / s)); Eole's noam: lr * d^-0.5 * min(s^-0.5, s * w^-1.5)
@@ -127,9 +127,10 @@ def eole_config(cfg: Dict[str, Any], files: Dict[str, Path], steps: int, device:
     mismatches = [
         "batches: both pack sentences by length up to batch_tokens padded tokens, but Eole fills buckets of "
         f"bucket_size={bucket_size} examples read from the corpus in order (repeating it when the corpus is "
-        "smaller: Multi30k's 29,000 pairs fill the default 262,144 nine times, so a length-sorted batch can hold "
-        "copies of one sentence) and sorts within them, agf-exp sorts each epoch once (seeded ties): the target "
-        "tokens per batch differ (measured below)",
+        f"smaller: Eole's own default {EOLE_BUCKET} holds Multi30k's 29,000 pairs nine times, so length-sorted "
+        "batches repeat sentences; here one bucket is one epoch unless --eole-bucket-size says otherwise) and "
+        "sorts within them, agf-exp sorts each epoch once (seeded ties): the target tokens per batch differ "
+        "(measured below)",
         "initialisation: both draw every matrix Xavier-uniform (OpenNMT's glorot), from different random "
         "streams, so the two models start from different draws of the same distribution",
         "EOS: agf-exp appends EOS to every source; here Eole's sources carry '</s>' in the text to match",
@@ -399,8 +400,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "peer")
     parser.add_argument("--max-test", type=int, help="decode only the first N test sentences (a quick look)")
     parser.add_argument("--agf-cost", action="store_true", help="also train pos=agf_m pcmv=true beside agf-exp's vanilla")
-    parser.add_argument("--eole-bucket-size", type=int, default=EOLE_BUCKET,
-                        help="Eole's bucket_size (its default; the number of training pairs: one epoch per bucket)")
+    parser.add_argument("--eole-bucket-size", type=int,
+                        help=f"Eole's bucket_size (default: the number of training pairs, one epoch per bucket as "
+                             f"agf-exp; Eole's own default {EOLE_BUCKET} repeats a small corpus within a bucket)")
     parser.add_argument("--eole-only", action="store_true", help="train and decode Eole alone (an Eole ablation)")
     parser.add_argument("--decode-only", action="store_true",
                         help="decode again from the checkpoints of the finished benchmark in --out (its peer.json): "
@@ -417,7 +419,7 @@ def main(argv=None) -> int:
 
             placeholder = {k: Path(f"<{k}>") for k in ("train.src", "train.tgt", "valid.src", "valid.tgt", "vocab")}
             eole_cfg, mismatches = eole_config(cfg, placeholder, args.steps, args.device, Path("<out>/eole/model"),
-                                               args.eole_bucket_size)
+                                               args.eole_bucket_size or "<training pairs>")
             print(yaml.safe_dump(eole_cfg, sort_keys=False))
             print("Mismatches that remain:\n" + "\n".join(f"- {m}" for m in mismatches))
             return 0
@@ -456,6 +458,8 @@ def run(args, cfg) -> int:
     for old in ("agf", "eole", "cost0", "cost1"):  # a fresh measurement (a finished run dir would be skipped)
         shutil.rmtree(out / old, ignore_errors=True)
     files = prepare_files(cfg, args.spm, out / "data", args.max_test)
+    if args.eole_bucket_size is None:  # one epoch per bucket, each pair once, as agf-exp's epochs
+        args.eole_bucket_size = len(files["train.src"].read_text().splitlines())
     if args.epochs:
         args.steps = steps_of_epochs(args.experiment, args.overrides, args.spm, args.epochs)
         print(f"{args.epochs} epochs of agf-exp's batches = {args.steps} updates (Eole trains as many)", flush=True)

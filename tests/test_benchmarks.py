@@ -52,14 +52,16 @@ def test_peer_writes_an_eole_config_equivalent_to_experiment_small():
     # Eole's noam schedule reaches agf-exp's peak lr at the end of warm-up: lr * (d * w)^-0.5 == peak
     assert training["learning_rate"] * (256 * training["warmup_steps"]) ** -0.5 == pytest.approx(cfg["trainer"]["lr"])
     assert any("EOS" in m for m in mismatches)
-    assert training["bucket_size"] == peer.EOLE_BUCKET == 262144  # Eole's own default unless asked
+    assert training["bucket_size"] == peer.EOLE_BUCKET == 262144  # Eole's own default when no size is given
     eole, mismatches = peer.eole_config(cfg, files, steps=300, device="cpu", save_dir=Path("/out/model"),
                                         bucket_size=29000)
     assert eole["training"]["bucket_size"] == 29000 and any("bucket_size=29000" in m for m in mismatches)
     proc = subprocess.run([sys.executable, "benchmarks/peer.py", "--print-config"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert yaml.safe_load(proc.stdout.split("Mismatches")[0])["model"]["hidden_size"] == 256
+    printed = yaml.safe_load(proc.stdout.split("Mismatches")[0])
+    assert printed["model"]["hidden_size"] == 256
+    assert printed["training"]["bucket_size"] == "<training pairs>"  # peer.py's default: one epoch per bucket
 
 
 def test_peer_reads_eoles_training_log():
