@@ -3,6 +3,8 @@ trained with), side by side on the same machine, same model, data and pieces.
 
     MULTI30K_ROOT=/path/to/multi30k python benchmarks/peer.py                 # 300 steps, 1 thread each
     MULTI30K_ROOT=... python benchmarks/peer.py --steps 2000 --threads 1 --agf-cost
+    MULTI30K_ROOT=... python benchmarks/peer.py --epochs 12                   # quality parity, to the end
+    MULTI30K_ROOT=... python benchmarks/peer.py --decode-only --out DIR       # decode DIR's checkpoints again
     MULTI30K_ROOT=... python benchmarks/peer.py --device cuda                 # one GPU each
     python benchmarks/peer.py --print-config                                   # the Eole config only
 
@@ -11,13 +13,15 @@ What it does:
    (``$AGF_CACHE_DIR/peer``), with this process's torch version (so a CPU machine gets the CPU
    wheel) and ``aiohttp``, which Eole imports but does not declare.
 2. Writes the Eole config equivalent to ``experiment=small`` (model, optimiser, schedule, batch,
-   label smoothing, dropout) and prints the mismatches it cannot remove.
+   label smoothing, dropout; one epoch per bucket unless ``--eole-bucket-size``) and prints the
+   mismatches it cannot remove.
 3. Tokenises Multi30k with the committed sentencepiece model (``--spm``) into pieces (sources
    end in ``</s>``, as agf-exp's encoder input does), drops training pairs longer than
    ``data.max_len`` as agf-exp does, and gives Eole the same vocabulary.
-4. Trains both for ``--steps`` updates *at the same time* with the same thread count (CPU) or
-   one GPU each, evaluates both on the validation set at that step, then decodes
-   test_2016_flickr with beam 5 from both step-``--steps`` checkpoints (again side by side).
+4. Trains both for ``--steps`` updates (or agf-exp's ``--epochs`` and as many Eole updates) *at
+   the same time* with the same thread count (CPU) or one GPU each, evaluates both on the
+   validation set at that step, then decodes test_2016_flickr with beam 5 from both final-step
+   checkpoints (again side by side). ``--eole-only`` runs Eole alone (an ablation).
 5. Prints one table, agf-exp / Eole as ratios: target tokens/s (update time and end to end),
    seconds per step, target tokens per batch, validation accuracy and label-smoothed perplexity,
    peak RSS, beam-5 sentences/s and test BLEU (sacreBLEU, cased); ``--agf-cost`` adds agf-exp's
