@@ -436,6 +436,8 @@ def main(argv=None) -> int:
 def decode_again(args, cfg) -> int:
     """``--decode-only``: both sides decode their checkpoints of the benchmark in ``--out`` again
     (side by side); the new decoding figures replace the old ones in its ``peer.json``."""
+    from agf_exp.rundir import git_commit
+
     report_file = args.out / "peer.json"
     if not report_file.is_file():
         raise PeerError(f"{report_file} does not exist: --decode-only needs a finished benchmark in --out")
@@ -444,7 +446,7 @@ def decode_again(args, cfg) -> int:
     files = {name: args.out / "data" / name for name in ("test.src", "test.raw", "test.ref")}
     decode_side_by_side(args, files, eole_env(args.cache, report["eole"]), args.out, report["results"],
                         cfg["trainer"]["max_len_a"])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     report["decoded_at_commit"] = commit
     print(f"decoded again at commit {commit} (trained at {report['commit']}):\n")
     print(table(report["results"], "agf-exp", "Eole"))
@@ -454,6 +456,8 @@ def decode_again(args, cfg) -> int:
 
 def run(args, cfg) -> int:
     import torch
+
+    from agf_exp.rundir import git_commit
 
     out = args.out
     if args.decode_only:
@@ -474,7 +478,7 @@ def run(args, cfg) -> int:
     decode_side_by_side(args, files, eole_exe, out, results, cfg["trainer"]["max_len_a"])
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{args.device}, {args.threads} thread(s) per side, " + ("Eole alone" if args.eole_only else "both at once"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     budget = f"{args.epochs} epochs ({args.steps} steps)" if args.epochs else f"{args.steps} steps"
     print(f"\n{budget} of experiment={args.experiment} {' '.join(args.overrides)}; {machine}; "
           f"Eole {args.eole_version} (bucket_size {args.eole_bucket_size}); commit {commit}\n")
