@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agf_exp.atomic import atomic_write_bytes  # noqa: E402  (after the path: runs from a checkout)
+from agf_exp.rundir import git_commit  # noqa: E402
 
 EOLE_VERSION = "0.6.4"
 EOLE_BUCKET = 262144  # Eole's own default bucket_size (examples gathered, then sorted by length and batched)
@@ -436,8 +437,6 @@ def main(argv=None) -> int:
 def decode_again(args, cfg) -> int:
     """``--decode-only``: both sides decode their checkpoints of the benchmark in ``--out`` again
     (side by side); the new decoding figures replace the old ones in its ``peer.json``."""
-    from agf_exp.rundir import git_commit
-
     report_file = args.out / "peer.json"
     if not report_file.is_file():
         raise PeerError(f"{report_file} does not exist: --decode-only needs a finished benchmark in --out")
@@ -456,8 +455,6 @@ def decode_again(args, cfg) -> int:
 
 def run(args, cfg) -> int:
     import torch
-
-    from agf_exp.rundir import git_commit
 
     out = args.out
     if args.decode_only:
