@@ -201,3 +201,38 @@ def test_each_claim_gets_a_bleu_verdict_and_inconclusive_ones_the_seeds_to_decid
     assert "val acc: **reproduced**; test BLEU: **inconclusive** | – |" in text
     assert 2 < improves["seeds_needed"] <= result_stats.MAX_SEEDS
     assert f"| **inconclusive** | {improves['seeds_needed']} |" in text
+
+
+def test_a_bleu_gain_that_rests_on_one_seed_is_not_reproduced_by_the_sentence_bootstrap_alone():
+    # every test sentence behaves alike, so the sentence bootstrap is tight; the row's seeds spread widely
+    refs = ["a b c d e f", "g h i j k l"] * 10
+    base = ["a b c d e X", "g h i j k X"] * 10  # one word wrong in every sentence, every vanilla seed
+    bad = ["a b c d X f", "g h i j X l"] * 10  # one word wrong, further from the end: more n-grams lost
+    finals = {"vanilla": [60.0, 60.2, 60.1], "agf_m_pcmv": [61.0, 61.2, 61.1]}
+    row_hyps = {"vanilla": [base, base, base], "agf_m_pcmv": [refs, refs, bad]}
+    runs = [_run(row, s, v, hyps=row_hyps[row][s - 1], refs=refs)
+            for row, vals in finals.items() for s, v in enumerate(vals, 1)]
+    got = {c["key"]: c for c in claims.evaluate_claims(runs, n_bootstrap=200)["claims"]}["agf_m_pcmv_vanilla"]
+    bs, seeds = got["bootstrap"], got["bleu_seeds"]
+    assert bs["diff"] == pytest.approx(seeds["diff"]) and bs["diff"] > 0
+    assert bs["ci_low"] > 0  # the sentence bootstrap alone would say "reproduced"
+    assert seeds["ci_low"] < 0 < seeds["ci_high"]  # the seeds do not decide it
+    assert got["bleu_verdict"] == "inconclusive"
+    assert claims.bleu_verdict("better", bs, seeds) == "inconclusive"
+    # the same gain on every seed: both intervals decide it
+    consistent = [_run("vanilla", s, 60.0 + s / 10, hyps=base, refs=refs) for s in (1, 2, 3)]
+    consistent += [_run("agf_m_pcmv", s, 61.0 + s / 10, hyps=refs, refs=refs) for s in (1, 2, 3)]
+    got = {c["key"]: c for c in claims.evaluate_claims(consistent, n_bootstrap=200)["claims"]}["agf_m_pcmv_vanilla"]
+    assert got["bleu_verdict"] == "reproduced"
+    text = claims.to_markdown(claims.evaluate_claims(runs, n_bootstrap=200))
+    assert "| ΔBLEU over seeds [95% CI] |" in text
+
+
+@pytest.mark.parametrize("boot,seeds,expected", [
+    ((0.2, 0.9), (0.1, 1.5), "reproduced"), ((0.2, 0.9), (-0.5, 1.5), "inconclusive"),
+    ((-0.9, -0.2), (-1.5, -0.1), "not reproduced"), ((-0.9, -0.2), (0.1, 0.5), "inconclusive"),
+    ((0.2, 0.9), (None, None), "inconclusive (fewer than 2 seeds)"),
+])
+def test_bleu_verdict_needs_both_intervals_to_agree(boot, seeds, expected):
+    as_ci = lambda lo_hi: {"ci_low": lo_hi[0], "ci_high": lo_hi[1]}  # noqa: E731
+    assert claims.bleu_verdict("better", as_ci(boot), as_ci(seeds)) == expected

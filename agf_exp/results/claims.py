@@ -13,9 +13,13 @@ samples; at least 2 per row). Two kinds:
 Runs whose subword segmentations differ (another sentencepiece version trains another model)
 have no common token-level metric, so such a pair gets **not comparable** instead of a verdict.
 
-The paired bootstrap of test BLEU between the two rows (over test sentences, BLEU averaged over
-seeds) gets a verdict of its own by the same rules on its 95% interval (``par``: within
-``±BLEU_PAR_MARGIN``); the report shows both verdicts where they differ. For a claim whose
+Test BLEU gets a verdict of its own, by the same rules (``par``: within ``±BLEU_PAR_MARGIN``), from
+two 95% intervals that each hold one source of variation fixed: the paired bootstrap over test
+sentences of the seed-averaged BLEU (test-set sampling, given the trained models) and the Welch
+interval over the seeds' corpus BLEU (training seeds, given the test set). The BLEU verdict is
+decided only where both intervals decide it the same way, else **inconclusive**: a sentence
+bootstrap alone would call a difference that one more seed can erase "reproduced". The report
+shows both verdicts where they differ. For a claim whose
 accuracy verdict is inconclusive, :func:`seeds_needed` gives the seeds per row that would decide
 the paper's effect size at this scale, from the measured between-seed spread. The learning-curve claim (Fig. 5: a power law describes the
 curve) is judged on the mean curve of our best row (among rows with at least 2 seeds) by AIC:
@@ -37,7 +41,7 @@ import numpy as np
 from ..analysis.curves import ACCURACY_MAX, MAX_CEILING_CI_WIDTH, fit_learning_curve
 from ..tables import PAPER_ROWS, Table
 from .runs import Run
-from .stats import MAX_SEEDS, PAR_MARGIN, POWER, paired_bootstrap, seeds_needed, welch_ci
+from .stats import MAX_SEEDS, PAR_MARGIN, POWER, bleu_from_statistics, paired_bootstrap, seeds_needed, welch_ci
 from .tabulate import decoded_statistics, pick_experiment, segmentation_warning, select_runs
 
 BLEU_PAR_MARGIN = 0.5  # test-BLEU points within which two rows count as "on par"
@@ -86,6 +90,16 @@ def verdict(kind: str, ci_low: Optional[float], ci_high: Optional[float], margin
     raise ValueError(f"unknown claim kind {kind!r}")
 
 
+def bleu_verdict(kind: str, bootstrap: Dict[str, Any], over_seeds: Dict[str, Any]) -> str:
+    """The test-BLEU verdict: decided only where the sentence bootstrap's interval and the Welch
+    interval over the seeds' BLEU give the same verdict; otherwise inconclusive."""
+    by_sentences = verdict(kind, bootstrap["ci_low"], bootstrap["ci_high"], BLEU_PAR_MARGIN)
+    by_seeds = verdict(kind, over_seeds["ci_low"], over_seeds["ci_high"], BLEU_PAR_MARGIN)
+    if by_seeds.startswith("inconclusive ("):
+        return by_seeds
+    return by_sentences if by_sentences == by_seeds else "inconclusive"
+
+
 def curve_verdict(aic_power: Optional[float], aic_exp: Optional[float], margin: float = AIC_MARGIN) -> str:
     if aic_power is None or aic_exp is None or not (math.isfinite(aic_power) and math.isfinite(aic_exp)):
         return "inconclusive (no fit)"
@@ -106,7 +120,7 @@ def evaluate_claims(runs: List[Run], experiment: Optional[str] = None, n_bootstr
     for claim in CLAIMS:
         ci = welch_ci(acc[claim.row], acc[claim.versus])
         entry = {"key": claim.key, "text": claim.text, "row": claim.row, "versus": claim.versus, "kind": claim.kind,
-                 "paper_delta": claim.paper_delta, **ci, "bootstrap": None,
+                 "paper_delta": claim.paper_delta, **ci, "bootstrap": None, "bleu_seeds": None,
                  "verdict": verdict(claim.kind, ci["ci_low"], ci["ci_high"]), "bleu_verdict": None,
                  "seeds_needed": None}
         if not acc[claim.row] or not acc[claim.versus]:
@@ -116,7 +130,9 @@ def evaluate_claims(runs: List[Run], experiment: Optional[str] = None, n_bootstr
         a, b = decoded_statistics(by_row[claim.row]), decoded_statistics(by_row[claim.versus])
         if a and b and a[0].shape[0] == b[0].shape[0]:
             entry["bootstrap"] = bs = paired_bootstrap(a, b, n_samples=n_bootstrap)
-            entry["bleu_verdict"] = verdict(claim.kind, bs["ci_low"], bs["ci_high"], BLEU_PAR_MARGIN)
+            entry["bleu_seeds"] = seeds = welch_ci([float(bleu_from_statistics(s.sum(0))) for s in a],
+                                                   [float(bleu_from_statistics(s.sum(0))) for s in b])
+            entry["bleu_verdict"] = bleu_verdict(claim.kind, bs, seeds)
         if entry["verdict"] == "inconclusive":
             entry["seeds_needed"] = seeds_needed(acc[claim.row], acc[claim.versus], claim.paper_delta, claim.kind)
         results.append(entry)
@@ -264,25 +280,30 @@ def _claims_table(result: Dict[str, Any]) -> List[str]:
     f = _f
     out = ["## The paper's claims at this scale", "",
            f"Δ = final validation accuracy of the row minus the other (mean over seeds, 95% Welch interval); "
-           f"\"on par\" means within ±{result['par_margin']} points. ΔBLEU: paired bootstrap on the test set "
+           f"\"on par\" means within ±{result['par_margin']} points. ΔBLEU: test BLEU of the row minus the other "
+           "(mean over seeds), with the paired bootstrap's 95% interval over test sentences and p, and the 95% Welch "
+           "interval over the seeds' BLEU; test BLEU's verdict is decided only where both intervals decide it "
            f"(\"on par\": within ±{BLEU_PAR_MARGIN:g} BLEU). The verdict is on validation accuracy (the paper's "
            "metric); where test BLEU's verdict differs, both are given. Seeds to decide: seeds per row for which the "
            f"95% interval would decide the paper's Δ with probability {POWER:g}, given the measured spread of the "
            "seeds (Welch two-sample sample size; `seeds_needed`), for claims still inconclusive. "
            "Verdict rules: `agf_exp/results/claims.py`.", "",
-           "| claim | rows | paper Δ | our Δ [95% CI] | seeds | ΔBLEU [95% CI], p | verdict | seeds to decide |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| claim | rows | paper Δ | our Δ [95% CI] | seeds | ΔBLEU [95% CI], p | ΔBLEU over seeds [95% CI] | verdict | "
+           "seeds to decide |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for c in result["claims"]:
         ci = "" if c["ci_low"] is None else f" [{f(c['ci_low'])}, {f(c['ci_high'])}]"
         bs = c["bootstrap"]
         bleu = "–" if bs is None else f"{f(bs['diff'])} [{f(bs['ci_low'])}, {f(bs['ci_high'])}], p={bs['p']:.3f}"
+        sd = c.get("bleu_seeds")
+        over_seeds = "–" if not sd or sd["ci_low"] is None else f"[{f(sd['ci_low'])}, {f(sd['ci_high'])}]"
         verdicts = f"**{c['verdict']}**"
         if c.get("bleu_verdict") and c["bleu_verdict"] != c["verdict"] and not c["verdict"].startswith(("no ", "not comp")):
             verdicts = f"val acc: **{c['verdict']}**; test BLEU: **{c['bleu_verdict']}**"
         need = c.get("seeds_needed")
         need = "–" if need is None else (f"> {MAX_SEEDS}" if need > MAX_SEEDS else str(need))
         out.append(f"| {c['text']} | `{c['row']}` − `{c['versus']}` | {c['paper_delta']:+.4f} | {f(c['diff'])}{ci} | "
-                   f"{c['n'][0]}+{c['n'][1]} | {bleu} | {verdicts} | {need} |")
+                   f"{c['n'][0]}+{c['n'][1]} | {bleu} | {over_seeds} | {verdicts} | {need} |")
     for warning in result.get("warnings", []):
         out += ["", f"**Caution:** {warning}"]
     return out
