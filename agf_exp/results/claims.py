@@ -41,7 +41,7 @@ import numpy as np
 from ..analysis.curves import ACCURACY_MAX, MAX_CEILING_CI_WIDTH, fit_learning_curve
 from ..tables import PAPER_ROWS, Table
 from .runs import Run
-from .stats import MAX_SEEDS, PAR_MARGIN, POWER, bleu_from_statistics, paired_bootstrap, seeds_needed, welch_ci
+from .stats import MAX_SEEDS, PAR_MARGIN, POWER, paired_bootstrap, seed_bleus, seeds_needed, welch_ci
 from .tabulate import decoded_statistics, pick_experiment, segmentation_warning, select_runs
 
 BLEU_PAR_MARGIN = 0.5  # test-BLEU points within which two rows count as "on par"
@@ -130,8 +130,7 @@ def evaluate_claims(runs: List[Run], experiment: Optional[str] = None, n_bootstr
         a, b = decoded_statistics(by_row[claim.row]), decoded_statistics(by_row[claim.versus])
         if a and b and a[0].shape[0] == b[0].shape[0]:
             entry["bootstrap"] = bs = paired_bootstrap(a, b, n_samples=n_bootstrap)
-            entry["bleu_seeds"] = seeds = welch_ci([float(bleu_from_statistics(s.sum(0))) for s in a],
-                                                   [float(bleu_from_statistics(s.sum(0))) for s in b])
+            entry["bleu_seeds"] = seeds = welch_ci(seed_bleus(a), seed_bleus(b))
             entry["bleu_verdict"] = bleu_verdict(claim.kind, bs, seeds)
         if entry["verdict"] == "inconclusive":
             entry["seeds_needed"] = seeds_needed(acc[claim.row], acc[claim.versus], claim.paper_delta, claim.kind)

@@ -13,7 +13,7 @@ is in the mean's interval."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -67,6 +67,11 @@ def bleu_from_statistics(totals: np.ndarray) -> np.ndarray:
     return np.where(zero.all(axis=-1), 0.0, np.nan_to_num(score, nan=0.0))
 
 
+def seed_bleus(stats_list: Sequence[np.ndarray]) -> List[float]:
+    """Each run's corpus BLEU from its per-sentence statistics ``[n, 10]``."""
+    return [float(bleu_from_statistics(s.sum(0))) for s in stats_list]
+
+
 def paired_bootstrap(system: Sequence[np.ndarray], baseline: Sequence[np.ndarray], n_samples: int = 1000,
                      seed: int = 12345) -> Dict[str, float]:
     """Paired bootstrap of the BLEU difference ``system - baseline`` over test sentences; each side
@@ -79,7 +84,7 @@ def paired_bootstrap(system: Sequence[np.ndarray], baseline: Sequence[np.ndarray
 
     def mean_bleu(stats_list, index=None):
         if index is None:
-            return float(np.mean([bleu_from_statistics(s.sum(0)) for s in stats_list]))
+            return float(np.mean(seed_bleus(stats_list)))
         return np.mean([bleu_from_statistics(s[index].sum(1)) for s in stats_list], axis=0)
 
     observed = mean_bleu(system) - mean_bleu(baseline)
