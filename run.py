@@ -20,10 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import agf_exp.config  # noqa: F401  (registers the typed schemas before Hydra composes)
 from agf_exp.atomic import atomic_write_bytes
+from agf_exp.checkpoint import CheckpointError
 from agf_exp.config import ConfigError
 from agf_exp.data import DataError
 from agf_exp.devices import DeviceError
 from agf_exp.rundir import train
+from agf_exp.runfiles import RunFileError
 from agf_exp.runlock import RunDirLocked
 from agf_exp.training import TrainingError
 
@@ -47,6 +49,12 @@ class _StartLog:
         self.buffer.flush()
         logging.getLogger().removeHandler(self.buffer)
         logging.getLogger().addHandler(self.file)
+
+    def error(self, message: str) -> None:
+        """``message`` into run.log (the console has it already), when the run had started."""
+        if self.file is not None:
+            self.file.emit(logging.LogRecord("run", logging.ERROR, __file__, 0, message, None, None))
+            self.file.flush()
 
     def close(self) -> None:
         root = logging.getLogger()
@@ -94,8 +102,9 @@ def main(cfg: DictConfig) -> float:
         if sweep:  # the other jobs of the sweep go on
             return math.nan
         sys.exit(2)
-    except (ConfigError, DataError, DeviceError, TrainingError) as e:
+    except (ConfigError, DataError, DeviceError, TrainingError, CheckpointError, RunFileError) as e:
         where = f" (log: {run_dir / 'run.log'})" if start_log.file is not None else ""
+        start_log.error(f"{type(e).__name__}: {e}")
         _fail(f"{type(e).__name__}: {e}{where}", run_dir)
         sys.exit(2)
     finally:

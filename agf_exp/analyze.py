@@ -46,6 +46,7 @@ from .cli import TOOL_ERRORS, fail, parse, wants_help
 from .decoding import DecodeConfig, Strategy
 from .devices import resolve_device
 from .evaluation import load_model, split_pairs
+from .runfiles import read_config, read_json
 
 
 @dataclass
@@ -172,8 +173,8 @@ def curve(args: CurveArgs) -> int:
     print(f"wrote {png} and {out.with_suffix('.json')}")
     if args.run is not None:
         run_dir = Path(args.run)
-        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-        config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
+        summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
+        config = read_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
         _log_to_wandb(run_dir, config, summary.get("wandb_id"), {"learning_curve_fit": png}, args.wandb)
     return 0
 

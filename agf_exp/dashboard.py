@@ -117,7 +117,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise DashboardError("--dry-run has no network to read the runs from W&B: pass --runs DIR "
                                  "(e.g. results/multi30k-small) for the report's tables")
         api = None if args.dry_run else _api()  # no key or no network: one line, before any work
-        runs = collect_runs(args.runs) if args.runs else collect_wandb(f"{entity}/{project}", api=api)
+        unreadable: list = []
+        runs = collect_runs(args.runs, unreadable) if args.runs else collect_wandb(f"{entity}/{project}", api=api)
+        for line in unreadable:
+            print(f"unreadable (not used): {line}", file=sys.stderr)
         views = [build_view(entity, project, t, args.experiment) for t in tables]
         content = report_content(runs, args.experiment, args.bootstrap, seeds)
         report = build_report(entity, project, args.experiment, content,

@@ -39,13 +39,17 @@ from .tables import TABLES, table as get_table
 
 
 def write_all(runs: List[Run], out: Path, experiment: Optional[str], n_bootstrap: int,
-              seeds: Optional[Sequence[int]] = None) -> Path:
-    """Every table into ``out`` (REPORT.md) with CSV/JSON and learning-curve plots beside it."""
+              seeds: Optional[Sequence[int]] = None, unreadable: Sequence[str] = ()) -> Path:
+    """Every table into ``out`` (REPORT.md) with CSV/JSON and learning-curve plots beside it;
+    ``unreadable``: the run files that could not be read (listed at the top, not used)."""
     out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = ["# Reproduction of \"Attention's Gravitational Field\": all tables", "",
              "Written by `python -m agf_exp.report --all`. Paper values: docs/paper.md / the paper "
              "(WMT17 en-de, Transformer-BIG 3+3 layers, FP16, OpenNMT-py validation accuracy).", ""]
+    if unreadable:
+        parts += [f"**Unreadable runs (not used):** {len(unreadable)}", ""]
+        parts += [f"- unreadable: `{line}`" for line in unreadable] + [""]
     for name in TABLES:
         spec = TABLES[name]
         try:
@@ -65,6 +69,11 @@ def write_all(runs: List[Run], out: Path, experiment: Optional[str], n_bootstrap
     parts += [claims_markdown(claims), analysis_appendix(claims)]
     out.write_text("\n".join(parts))
     return out
+
+
+def _warn(unreadable: Sequence[str]) -> None:
+    for line in unreadable:
+        print(f"unreadable: {line}", file=sys.stderr)
 
 
 def _seed_list(text: str) -> List[int]:
@@ -94,7 +103,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.export:
         root = args.runs or Path("outputs/sweeps")
         try:
-            written = export_runs(collect_runs(root), root, args.export, args.experiment)
+            unreadable: List[str] = []
+            written = export_runs(collect_runs(root, unreadable), root, args.export, args.experiment)
+            _warn(unreadable)
         except ReportError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -105,14 +116,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         needs_runs = args.all or get_table(args.table).name != "table3"
         runs: List[Run] = []
+        unreadable: List[str] = []
         if needs_runs:
             if args.wandb:
                 runs = collect_wandb(args.wandb, None if args.all else get_table(args.table).name)
             else:
-                runs = collect_runs(args.runs or Path("outputs/sweeps"))
+                runs = collect_runs(args.runs or Path("outputs/sweeps"), unreadable)
+                _warn(unreadable)
         if args.all:
             out = args.out or (args.runs or Path("outputs/sweeps")) / "REPORT.md"
-            print(f"wrote {write_all(runs, out, args.experiment, args.bootstrap, args.seeds)}")
+            print(f"wrote {write_all(runs, out, args.experiment, args.bootstrap, args.seeds, unreadable)}")
             return 0
         result = report_table(args.table, runs, args.experiment, args.bootstrap, args.seeds)
     except (ReportError, KeyError) as e:

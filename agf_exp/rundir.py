@@ -46,6 +46,7 @@ from .distributed import init as init_distributed
 from .evaluation import score_translations, translate
 from .loggers import NullLogger, build_logger
 from .preemption import PreemptionGuard
+from .runfiles import RunFileError, read_config, read_json
 from .runlock import RunDirLock, RunDirLocked
 from .training import Trainer
 
@@ -142,12 +143,17 @@ def completed_summary(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]
     if not (summary_path.is_file() and config_path.is_file()):
         return None
     try:
-        summary = json.loads(summary_path.read_text())
-    except json.JSONDecodeError:
+        summary = read_json(summary_path)
+    except RunFileError as e:  # cut short or garbled: the run is finished again from last.pt
+        log.warning("%s; the run's summary is written again", e)
         return None
     if summary.get("status") != "complete":
         return None
-    done = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    try:
+        done = read_config(config_path)
+    except RunFileError as e:
+        raise ConfigError(f"{e}; it is the config of the finished run in {run_dir}, so this start cannot tell "
+                          "whether it asks for the same run: restore the file, or move the run dir away") from None
     neutral = _RESULT_NEUTRAL + tuple(_added_at_default(done, cfg)) + _same_subwords(cfg, run_dir, summary)
     changed = config_diff(_without(done, neutral), _without(to_container(cfg), neutral))
     if changed and not config_diff(_without(done, neutral + _BUDGET), _without(to_container(cfg), neutral + _BUDGET)):
@@ -246,10 +252,7 @@ def _finish(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], logger) -
         decoded = final_decode(trainer)
     draw_fields(trainer.model, run_dir, str(cfg.pos.name), logger, step)
     draw_curves(run_dir, logger, step)
-    last = {}
-    metrics_path = run_dir / "metrics.jsonl"
-    if metrics_path.is_file() and metrics_path.stat().st_size:
-        last = json.loads(metrics_path.read_text().splitlines()[-1])
+    last = trainer.records[-1] if trainer.records else {}
     summary = _summary(cfg, trainer, params, last, decoded)
     write_json(run_dir / "summary.json", summary)
     flat = {f"final/{k}": v for k, v in last.items() if isinstance(v, (int, float))}

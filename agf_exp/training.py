@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from . import checkpoint
-from .atomic import atomic_write_bytes
+from .atomic import append_line, atomic_write_bytes
 from .config import ConfigError, config_diff, to_container
 from .data import DataBundle, collate, make_batches, prepare_data
 from .devices import autocast, resolve_device, resolve_precision
@@ -82,7 +82,11 @@ def seed_everything(seed: int) -> None:
 def rng_state(device: torch.device) -> Dict[str, Any]:
     """Every RNG a run draws from; on CUDA only the training device's generator (a resumed job may
     see another number of GPUs: one state per visible device would not restore there)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # numpy's state as a tensor and plain numbers: a checkpoint holds nothing a weights-only load refuses
+    numpy_state = {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -90,9 +94,15 @@ def rng_state(device: torch.device) -> Dict[str, Any]:
 
 def set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
     """Restore :func:`rng_state` (tensors as loaded on the CPU). Older checkpoints hold a list of
-    every visible device's CUDA state: the training device's entry is taken from it."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    every visible device's CUDA state: the training device's entry is taken from it; checkpoints of
+    format 1 hold numpy's state as numpy's own tuple."""
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    saved = state["numpy"]
+    if isinstance(saved, dict):
+        saved = (saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
+                 saved["cached_gaussian"])
+    np.random.set_state(saved)
     torch.set_rng_state(state["torch"].cpu())
     cuda = state.get("cuda")
     if cuda is not None and device.type == "cuda":
@@ -161,6 +171,7 @@ class Trainer:
                                           eps=self.tcfg.adam_eps, weight_decay=self.tcfg.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.state = TrainState()
+        self.records: List[Dict[str, Any]] = []  # every evaluation so far: metrics.jsonl's lines, kept in last.pt
         self._preemption: Optional[PreemptionGuard] = None  # set while fit() runs
         self._session_start, self._wall_before = time.perf_counter(), 0.0
         self._seed_rank()
@@ -191,6 +202,7 @@ class Trainer:
             "tokenizer": self.data.tokenizer.model_proto,
             "vocab_size": self.data.tokenizer.vocab_size,
             "state": asdict(self.state),
+            "metrics": list(self.records),
         }
         if full:
             payload.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
@@ -208,6 +220,11 @@ class Trainer:
         # on the CPU: the RNG states must stay CPU ByteTensors, and load_state_dict moves the
         # model's and the optimizer's tensors to their parameters' device itself
         ckpt = checkpoint.load(path, map_location="cpu")
+        lacking = [k for k in ("optimizer", "scaler", "rng", "state") if k not in ckpt]
+        if lacking or not isinstance(ckpt.get("state"), dict) or set(ckpt["state"]) - set(TrainState.__dataclass_fields__):
+            raise checkpoint.CheckpointError(
+                f"{path} cannot be resumed: it lacks the training state ({', '.join(lacking) or 'unknown counters'}; "
+                "a best.pt copied over it?); move it away to train this run from the start")
         if ckpt.get("tokenizer") not in (None, self.data.tokenizer.model_proto):
             # another sentencepiece version (or data) gives other token ids: the weights would not fit
             saved = self.ckpt_dir / "subwords.model"
@@ -226,14 +243,36 @@ class Trainer:
         if changed:
             log.warning("resuming with a changed config: %s", ", ".join(changed))
         self._seed_rank()
-        # forget evaluations logged after the checkpoint (an interrupted run may have written some)
-        metrics = self.run_dir / "metrics.jsonl"
-        if metrics.is_file() and self.dist.main:
-            lines = metrics.read_text().splitlines(keepends=True)[: self.state.metric_lines]
-            atomic_write_bytes(metrics, "".join(lines).encode())
+        self.records = self._resumed_records(ckpt, path)
+        if self.dist.main:
+            # metrics.jsonl is the checkpoint's evaluations: lines logged after it (an interrupted
+            # run may have written some) are dropped, a line a crash cut short is written whole again
+            text = "".join(json.dumps(r) + "\n" for r in self.records)
+            atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode())
         log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.state.epoch,
                  self.state.batch_in_epoch, self.state.step)
         return True
+
+    def _resumed_records(self, ckpt: Dict[str, Any], path: Path) -> List[Dict[str, Any]]:
+        """The evaluations ``last.pt`` counts: its own copy (format 2), else the first
+        ``metric_lines`` lines of metrics.jsonl, which must then all be whole."""
+        n = self.state.metric_lines
+        if isinstance(ckpt.get("metrics"), list) and len(ckpt["metrics"]) == n:
+            return [dict(r) for r in ckpt["metrics"]]
+        metrics = self.run_dir / "metrics.jsonl"
+        lines = metrics.read_text(errors="replace").split("\n") if metrics.is_file() else []
+        records = []
+        for number, line in enumerate(lines[:n], start=1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise TrainingError(f"{metrics} line {number} is not whole (cut short by a crash?) and {path}, written "
+                                    "by an older agf-exp, holds no copy of it: restore the line from a copy, or move "
+                                    "the run dir away to train afresh") from None
+        if len(records) < n:
+            raise TrainingError(f"{metrics} has {len(records)} evaluation lines but {path} counts {n}: restore "
+                                "the file from a copy, or move the run dir away to train afresh")
+        return records
 
     def _load_scaler(self, saved: Dict[str, Any]) -> None:
         """The GradScaler's state, when the checkpoint has one to give: a run saved without fp16
@@ -280,8 +319,9 @@ class Trainer:
         record = {"epoch": self.state.epoch, "epoch_fraction": epoch_fraction, "step": self.state.step,
                   "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
                   "tokens_per_s": tokens_per_s, "train_seconds": self.state.train_seconds, **metrics}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        # on disk (fsynced) before any checkpoint that counts it is written
+        append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
+        self.records.append(record)
         self.state.metric_lines += 1
         logger.log({f"eval/{k}": v for k, v in record.items() if v is not None}, step=self.state.step)
         log.info("eval epoch %.2f step %d: val_acc %.2f val_ppl %.2f val_loss %.4f", record["epoch_fraction"],
@@ -362,7 +402,10 @@ class Trainer:
         """What a failed run leaves to resume from, in words."""
         last = self.ckpt_dir / "last.pt"
         if last.is_file():
-            step = checkpoint.load(last, map_location="cpu")["state"]["step"]
+            try:
+                step = checkpoint.load(last, map_location="cpu")["state"]["step"]
+            except (checkpoint.CheckpointError, KeyError, TypeError) as e:
+                return f"{last} cannot be resumed from either ({e})"
             return f"{last} holds the last good state (step {step})"
         return (f"no checkpoint was written yet ({last} is written at each epoch's end and every "
                 "trainer.save_every_steps updates)")

@@ -128,17 +128,17 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "ck.pt"
-    checkpoint.save_atomic({"x": torch.ones(3)}, path)
+    checkpoint.save_atomic({"model": {"x": torch.ones(3)}, "config": {}}, path)
 
     def broken_save(obj, f):
         f.write(b"partial garbage")
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
-        checkpoint.save_atomic({"x": torch.zeros(3)}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="no space left on the device.*the previous ck.pt is unchanged"):
+        checkpoint.save_atomic({"model": {"x": torch.zeros(3)}, "config": {}}, path)
     monkeypatch.undo()
-    assert torch.equal(checkpoint.load(path)["x"], torch.ones(3))
+    assert torch.equal(checkpoint.load(path)["model"]["x"], torch.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
 
 

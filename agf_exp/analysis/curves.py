@@ -20,13 +20,14 @@ Figure-5 scores the power law's ceiling is 71.53 [71.41, 71.65]: well inside bot
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ..runfiles import read_jsonl
 
 #: a ceiling with a 95% interval wider than this (in the metric's units: accuracy points) is no estimate
 MAX_CEILING_CI_WIDTH = 10.0
@@ -147,9 +148,9 @@ def fit_learning_curve(x: Sequence[float], y: Sequence[float], upper: Optional[f
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:
-    """The evaluations a trainer appended to ``metrics.jsonl`` (empty when the file is missing)."""
-    path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    """The evaluations a trainer appended to ``metrics.jsonl`` (empty when the file is missing); a
+    line that does not parse is a :class:`~agf_exp.runfiles.RunFileError` naming it."""
+    return read_jsonl(path)
 
 
 def curve_from_run(run_dir: Path, metric: str = "val_acc") -> Tuple[List[float], List[float]]:

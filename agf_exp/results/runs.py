@@ -15,6 +15,7 @@ import numpy as np
 
 from ..analysis.curves import read_metrics
 from ..config import CONF_DIR
+from ..runfiles import RunFileError, read_config, read_json, read_text
 from . import ReportError
 from .stats import bleu_statistics
 
@@ -84,16 +85,20 @@ def row_of(config: Dict[str, Any], signatures: Dict[Tuple, str]) -> Optional[str
 
 
 def _read_lines(path: Path) -> Optional[List[str]]:
-    return path.read_text().split("\n")[:-1] if path.is_file() else None
+    return read_text(path).split("\n")[:-1] if path.is_file() else None
 
 
 def load_run(run_dir: Path, signatures: Dict[Tuple, str]) -> Run:
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    """The run in ``run_dir``; :class:`~agf_exp.runfiles.RunFileError` naming the file that cannot be read."""
+    config = read_config(run_dir / "config.yaml")
     summary = None
     if (run_dir / "summary.json").is_file():
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = read_json(run_dir / "summary.json")
+        if summary.get("status") == "complete":
+            lacking = [k for k in ("final", "decoding") if not isinstance(summary.get(k), dict)]
+            if lacking:
+                raise RunFileError(f"{run_dir / 'summary.json'}: a complete run's summary without "
+                                   f"{' and '.join(repr(k) for k in lacking)} (not written by agf-exp?)")
     metrics = read_metrics(run_dir / "metrics.jsonl")
     files = {}
     for path in sorted((run_dir / "hyps").glob("*.txt")):
@@ -101,8 +106,10 @@ def load_run(run_dir: Path, signatures: Dict[Tuple, str]) -> Run:
     return Run(str(run_dir), config, summary, metrics, row_of(config, signatures), files)
 
 
-def collect_runs(root: Path) -> List[Run]:
-    """Every trainer run dir below ``root`` (Hydra's ``.hydra/`` and W&B's folders are skipped)."""
+def collect_runs(root: Path, unreadable: Optional[List[str]] = None) -> List[Run]:
+    """Every trainer run dir below ``root`` (Hydra's ``.hydra/`` and W&B's folders are skipped).
+    Each run is read on its own: one whose files cannot be read (cut short, garbled, foreign) is
+    left out, and ``FILE: reason`` is appended to ``unreadable`` when a list is given."""
     root = Path(root)
     if not root.is_dir():
         raise ReportError(f"--runs {root} is not a directory; point it at the sweep outputs (e.g. outputs/sweeps)")
@@ -115,7 +122,11 @@ def collect_runs(root: Path) -> List[Run]:
         run_dir = config.parent
         if not any((run_dir / name).exists() for name in ("summary.json", "metrics.jsonl", "checkpoints")):
             continue
-        runs.append(load_run(run_dir, signatures))
+        try:
+            runs.append(load_run(run_dir, signatures))
+        except RunFileError as e:
+            if unreadable is not None:
+                unreadable.append(str(e))
     return runs
 
 
