@@ -137,6 +137,25 @@ def test_missing_file(tmp_path):
         read_lines(tmp_path / "nope.txt")
 
 
+@pytest.mark.parametrize("inner", ["\f", "\u2028", "\u0085", "\x1c", "\v"])
+def test_lines_end_at_newline_only(tmp_path, inner):
+    """A form feed or a Unicode line separator inside a line is text: counted as `wc -l` counts,
+    the pairs stay aligned (str.splitlines would split both files there, keep the counts equal
+    and shift every later pair)."""
+    src, tgt = tmp_path / "a.en", tmp_path / "a.de"
+    src.write_text(f"one{inner}more\ntwo\r\nthree\n", encoding="utf-8")
+    tgt.write_text(f"eins{inner}mehr\nzwei\ndrei\n", encoding="utf-8")
+    assert read_parallel(src, tgt) == ([f"one{inner}more", "two", "three"], [f"eins{inner}mehr", "zwei", "drei"])
+    tgt.write_text("eins\nzwei\n")
+    with pytest.raises(DataError, match=r"a\.en has 3 lines but .*a\.de has 2"):
+        read_parallel(src, tgt)
+
+
+def test_a_directory_as_a_data_file(tmp_path):
+    with pytest.raises(DataError, match="is a directory; give the path of a text file"):
+        read_lines(tmp_path)
+
+
 def test_mismatched_parallel_files(tmp_path):
     (tmp_path / "a.en").write_text("one\ntwo\nthree\n")
     (tmp_path / "a.de").write_text("eins\nzwei\n")

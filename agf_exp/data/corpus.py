@@ -152,8 +152,13 @@ def register_source(config_class: Type[DataConfig]):
 
 
 def read_lines(path: Path) -> List[str]:
-    """Read a UTF-8 text file (``.gz`` allowed), one sentence per line, stripped."""
+    """Read a UTF-8 text file (``.gz`` allowed), one sentence per line, stripped. Lines end at
+    ``\n`` only (``\r\n`` too), as ``wc -l`` and the other tools of a parallel corpus count them:
+    a form feed, U+2028 or U+0085 inside a line is text (``str.splitlines`` would split there and
+    silently misalign a source file from its target)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file {path} is a directory; give the path of a text file (one sentence per line)")
     if not path.is_file():
         raise DataError(f"data file {path} does not exist; check the path in the data config")
     opener = gzip.open if path.suffix == ".gz" else open
@@ -169,7 +174,9 @@ def read_lines(path: Path) -> List[str]:
             f"{path} is not valid UTF-8 (bad byte at offset {e.start}); re-encode it as UTF-8, "
             f"e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed.txt`"
         ) from e
-    lines = [line.strip() for line in text.splitlines()]
+    lines = [line.strip() for line in text.split("\n")]
+    if lines and lines[-1] == "" and text.endswith("\n"):
+        lines.pop()  # the last line's newline ends it, it does not start another
     if not any(lines):
         raise DataError(f"{path} is empty; a data file needs one sentence per line")
     return lines
