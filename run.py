@@ -4,30 +4,48 @@ the groups, ``--cfg job`` prints the composed config, ``-m`` runs a multirun swe
 Nothing is written into the run dir until the run starts: Hydra's own files (``.hydra/``) and
 ``run.log`` are written once the trainer has accepted the start (the log of the start so far is
 kept in memory until then), so a refused start (the dir in use, a finished run of another config,
-bad input) leaves an existing run dir byte-identical and a fresh one not created at all."""
-import logging
-import logging.handlers
-import math
-import os
-import shlex
+bad input) leaves an existing run dir byte-identical and a fresh one not created at all.
+
+A signal (Ctrl-C, SIGTERM) stops the run with one line and exit 128 + the signal: during training
+after the current update and a save of last.pt (see agf_exp/preemption.py), before it at once."""
+import signal
 import sys
-from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
 
-import agf_exp.config  # noqa: F401  (registers the typed schemas before Hydra composes)
-from agf_exp.atomic import atomic_write_bytes
-from agf_exp.checkpoint import CheckpointError
-from agf_exp.config import ConfigError
-from agf_exp.data import DataError
-from agf_exp.devices import DeviceError
-from agf_exp.rundir import train
-from agf_exp.runfiles import RunFileError
-from agf_exp.runlock import RunDirLocked
-from agf_exp.training import TrainingError
+def _stop_while_importing(signum, frame):  # replaced by agf_exp.preemption.stop_now once imported
+    print(f"stopped by signal {signum} while starting; nothing was written", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGINT, _stop_while_importing)
+signal.signal(signal.SIGTERM, _stop_while_importing)
+
+import logging  # noqa: E402
+import logging.handlers  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import shlex  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+import agf_exp.config  # noqa: F401,E402  (registers the typed schemas before Hydra composes)
+from agf_exp.atomic import atomic_write_bytes  # noqa: E402
+from agf_exp.checkpoint import CheckpointError  # noqa: E402
+from agf_exp.config import ConfigError  # noqa: E402
+from agf_exp.data import DataError  # noqa: E402
+from agf_exp.devices import DeviceError  # noqa: E402
+from agf_exp.preemption import Preempted, stop_now  # noqa: E402
+from agf_exp.rundir import train  # noqa: E402
+from agf_exp.runfiles import RunFileError  # noqa: E402
+from agf_exp.runlock import CheckRunDir, RunDirLocked, note_refused, remove_if_created  # noqa: E402
+from agf_exp.training import TrainingError  # noqa: E402
+
+signal.signal(signal.SIGINT, stop_now)
+signal.signal(signal.SIGTERM, stop_now)
 
 log = logging.getLogger("run")
 
@@ -75,13 +93,10 @@ def _record_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def _fail(message: str, run_dir: Path) -> None:
-    """One line on stderr; a fresh run dir this start created (Hydra makes it first) is removed."""
+    """One line on stderr; the folders this start created (Hydra makes the run dir and its parents
+    first), if still empty, are removed."""
     print(message, file=sys.stderr)
-    try:
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
-    except OSError:
-        pass
+    remove_if_created(run_dir, CheckRunDir.created or (run_dir if run_dir.is_dir() else None))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -99,9 +114,14 @@ def main(cfg: DictConfig) -> float:
         summary = train(cfg, run_dir, on_start=started)
     except RunDirLocked as e:
         _fail(f"RunDirLocked: {e}", run_dir)
-        if sweep:  # the other jobs of the sweep go on
+        if sweep:  # the other jobs of the sweep go on; the sweep ends saying how many were refused
+            note_refused(Path(hc.sweep.dir), run_dir)
             return math.nan
         sys.exit(2)
+    except Preempted as e:
+        start_log.error(str(e))
+        _fail(str(e), run_dir)
+        sys.exit(e.code)
     except (ConfigError, DataError, DeviceError, TrainingError, CheckpointError, RunFileError) as e:
         where = f" (log: {run_dir / 'run.log'})" if start_log.file is not None else ""
         start_log.error(f"{type(e).__name__}: {e}")

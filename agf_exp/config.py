@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -59,7 +61,7 @@ class TrainerConfig:
     eval_every_steps: Optional[int] = None  # also evaluate every N updates (always at epoch end)
     save_every_steps: Optional[int] = None  # write last.pt every N updates (always at epoch end)
     eval_batch_tokens: int = 8192
-    best_metric: str = "val_acc"  # higher is better; any key of metrics.jsonl
+    best_metric: str = "val_acc"  # higher is better: one of config.BEST_METRICS
     resume: bool = True  # continue from <run dir>/checkpoints/last.pt when it exists
     progress: bool = True  # tqdm bar per epoch
     log_every_steps: int = 50
@@ -79,6 +81,10 @@ class TrainerConfig:
     max_len_b: int = 10
     decode_batch_sentences: int = 64
     max_decode_sentences: Optional[int] = None  # decode only the first N sentences of each split
+    # which weights the final decoding uses: best (best.pt, by trainer.best_metric on valid) or
+    # last (the end of training: a fixed budget, for studies where in-distribution validation
+    # would choose the checkpoint badly, e.g. length generalization)
+    decode_checkpoint: str = "best"
 
 
 class WandbMode(str, enum.Enum):
@@ -118,6 +124,8 @@ class Config:
     experiment: str = "custom"  # set by conf/experiment/<name>.yaml; names sweep dirs and W&B tags
     row: Optional[str] = None  # set by conf/row/<row>.yaml: a named row of the paper's tables
     table: Optional[str] = None  # set by a table sweep (sweeps/table/<table>.yaml): the W&B group
+    arm: Optional[str] = None  # set by conf/arm/<arm>.yaml: a mode of the length-generalization study
+    study: Optional[str] = None  # set by a study sweep (sweeps/study/<study>.yaml)
 
 
 def register_configs() -> None:
@@ -133,6 +141,12 @@ def register_configs() -> None:
 
 
 register_configs()
+
+# ``${agf_unique:}`` in the default run and sweep dirs (conf/config.yaml): one short random token
+# per process, so two runs started in the same second (another config, or the same) never share a
+# default run dir and refuse each other
+_UNIQUE = secrets.token_hex(3)
+OmegaConf.register_new_resolver("agf_unique", lambda: _UNIQUE, replace=True)
 
 
 #: the config groups (``conf/``) that run.py, the tools and the benchmarks compose
@@ -163,6 +177,10 @@ def _check_no_extra_keys(node: DictConfig, where: str) -> None:
     if extra:
         raise ConfigError(f"unknown key(s) {', '.join(f'{where}{k}' for k in extra)}; "
                           f"{where.rstrip('.') or 'the top level'} accepts: {', '.join(sorted(known))}")
+
+
+# metrics best.pt can be chosen by: evaluation metrics where higher is better
+BEST_METRICS = ("val_acc",)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -202,12 +220,59 @@ def validate(cfg: DictConfig) -> None:
         if split == "train" and cfg.data.get("binarize"):
             raise ConfigError("trainer.decode_splits has 'train', but the training split is binarised "
                               "(data.binarize=true) and kept on disk as ids only; decode valid/test")
+    if cfg.trainer.decode_checkpoint not in ("best", "last"):
+        raise ConfigError(f"trainer.decode_checkpoint={cfg.trainer.decode_checkpoint!r}; use best or last")
     for strategy in cfg.trainer.decode_strategies:
         if strategy not in ("greedy", "beam"):
             raise ConfigError(f"trainer.decode_strategies has {strategy!r}; use greedy and/or beam")
     if cfg.trainer.accum_steps < 1 or cfg.trainer.batch_tokens < 1:
         raise ConfigError("trainer.accum_steps and trainer.batch_tokens must be >= 1")
     _check_trainer_numbers(cfg.trainer)
+    problem = run_name_problem(str(cfg.run_name))
+    if problem:
+        raise ConfigError(problem)
+    for key in ("dropout", "attn_dropout"):
+        value = cfg.model.get(key)
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ConfigError(f"model.{key}={value} must be in [0, 1) (the probability of dropping a unit)")
+    for key in ("train_size", "valid_size", "test_size"):
+        value = cfg.data.get(key)
+        if value is not None and value < 1:
+            raise ConfigError(f"data.{key}={value} must be >= 1: every split needs sentences (null: the whole file)")
+    vocab = cfg.data.get("vocab_size")
+    if vocab is not None and vocab < 8:
+        raise ConfigError(f"data.vocab_size={vocab} is too small: sentencepiece needs the 4 special pieces plus "
+                          "every character of the data; try 1000 or more")
+    if cfg.model.get("max_positions", 1) < 2:
+        raise ConfigError(f"model.max_positions={cfg.model.max_positions} must be >= 2 (BOS and one token)")
+    for strategy in cfg.trainer.decode_strategies:
+        problem = decode_config(cfg.trainer, strategy).problem(prefix="trainer.")
+        if problem:
+            raise ConfigError(problem)
+    _check_model_builds(cfg)
+
+
+def run_name_problem(name: str) -> Optional[str]:
+    """A run name is one folder name: the default run dir is outputs/runs/<time>_<run_name>_..."""
+    if not name or "/" in name or "\\" in name or name.startswith("..") or "\0" in name:
+        return (f"run_name={name!r} is not a folder name (it would put the run outside outputs/runs); use "
+                "letters, digits, '-', '_' and '.', or set hydra.run.dir=... to choose the place")
+    return None
+
+
+def _check_model_builds(cfg: DictConfig) -> None:
+    """Build the model on the meta device (no memory, no compute): a positional mode or model
+    option its constructor refuses is one line now, not a traceback after the data is loaded."""
+    import torch
+
+    from .model import Seq2SeqTransformer
+
+    try:
+        with torch.device("meta"):
+            Seq2SeqTransformer.from_config(cfg, 16, 0)
+    except (ValueError, TypeError, RuntimeError, AssertionError, ZeroDivisionError) as e:
+        text = " ".join(str(e).split()) or type(e).__name__
+        raise ConfigError(f"pos={cfg.pos.name} with these pos.* / model.* values cannot be built: {text}") from None
 
 
 def _check_trainer_numbers(t: DictConfig) -> None:
@@ -217,11 +282,17 @@ def _check_trainer_numbers(t: DictConfig) -> None:
                 "decode_batch_sentences": t.decode_batch_sentences,
                 "dist_timeout_minutes": t.dist_timeout_minutes, "dist_wait_minutes": t.dist_wait_minutes}
     for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"trainer.{key}={value} must be > 0")
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"trainer.{key}={value} must be a finite number > 0")
     for key in ("warmup_steps", "weight_decay", "clip_grad_norm", "max_epochs"):
-        if t[key] < 0:
-            raise ConfigError(f"trainer.{key}={t[key]} must be >= 0")
+        if not (t[key] >= 0 and math.isfinite(t[key])):
+            raise ConfigError(f"trainer.{key}={t[key]} must be a finite number >= 0")
+    if t.max_epochs == 0 or t.max_steps == 0:
+        raise ConfigError(f"trainer.max_epochs={t.max_epochs}, trainer.max_steps={t.max_steps}: this budget trains "
+                          "nothing; give at least one epoch (or step)")
+    if t.best_metric not in BEST_METRICS:
+        raise ConfigError(f"trainer.best_metric={t.best_metric!r} is not a metric best.pt can be chosen by (higher "
+                          f"is better); use one of {', '.join(BEST_METRICS)}")
     if not (0.0 <= t.label_smoothing < 1.0):
         raise ConfigError(f"trainer.label_smoothing={t.label_smoothing} must be in [0, 1)")
     if len(t.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in t.adam_betas):

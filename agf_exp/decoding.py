@@ -12,8 +12,9 @@ the length counts EOS); a sentence stops when ``beam`` hypotheses have finished.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -37,6 +38,19 @@ class DecodeConfig:
     max_len_a: float = 1.2  # decoded length limit: a * source length + b
     max_len_b: int = 10
     batch_sentences: int = 64  # sentences per decoding batch
+
+    def problem(self, prefix: str = "") -> Optional[str]:
+        """What is wrong with these options (one line naming the option and the fix), or None."""
+        if Strategy(self.strategy) == Strategy.beam and not self.beam_size >= 1:
+            return f"{prefix}beam_size={self.beam_size} must be >= 1 (1 is greedy search with beam scoring)"
+        if not self.batch_sentences >= 1:
+            return f"{prefix}batch_sentences={self.batch_sentences} must be >= 1"
+        if not (math.isfinite(self.max_len_a) and self.max_len_a >= 0) or self.max_len_b < 1:
+            return (f"{prefix}max_len_a={self.max_len_a}, max_len_b={self.max_len_b}: the length limit a * source "
+                    "length + b needs a finite a >= 0 and b >= 1")
+        if not math.isfinite(self.len_penalty):
+            return f"{prefix}len_penalty={self.len_penalty} must be a finite number"
+        return None
 
 
 def decode_ids(model: Seq2SeqTransformer, src: torch.Tensor, decode: DecodeConfig) -> List[List[int]]:

@@ -50,6 +50,11 @@ def run(cfg: EvaluateConfig) -> Dict[str, Any]:
                                 "checkpoints/ folder")
     if (cfg.split is None) == (cfg.input is None):
         raise ValueError("give exactly one of split=train|valid|test or input=<source file>")
+    problem = cfg.problem()
+    if problem:
+        raise ValueError(problem)
+    if cfg.max_sentences is not None and cfg.max_sentences < 1:
+        raise ValueError(f"max_sentences={cfg.max_sentences} must be >= 1 (or null for the whole split)")
     ckpt_path = Path(cfg.ckpt)
     device = resolve_device(cfg.device)
     amp = resolve_precision(cfg.precision, device)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import platform
 import subprocess
 import sys
@@ -65,8 +66,21 @@ def git_commit() -> Optional[str]:
     return (commit + ("-dirty" if dirty else "")) or None
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf: not JSON) as None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """``obj`` as strict JSON (a non-finite float becomes null), written atomically."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 # keys that do not change what a run computes: a finished run is still "the same run" without them
@@ -163,7 +177,30 @@ def completed_summary(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]
         raise ConfigError(f"{run_dir} holds a finished run of a different config ({'; '.join(changed[:5])}); "
                           "move or delete it to retrain, or choose another run dir "
                           "(hydra.run.dir=... / hydra.sweep.dir=...)")
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.is_file():  # the summary must be of the training last.pt holds (not of an earlier budget)
+        step = checkpoint.load(last, map_location="cpu").get("state", {}).get("step")
+        if step != summary.get("steps"):
+            log.warning("%s: summary.json is of step %s but last.pt of step %s: finishing the run from last.pt",
+                        run_dir, summary.get("steps"), step)
+            return None
     return summary
+
+
+def supersede_summary(run_dir: Path, config: Dict[str, Any]) -> None:
+    """Before a finished run is trained further (a longer budget), its summary.json is marked
+    superseded (atomically, before config.yaml changes), so an interrupted extension is never
+    read as complete: not by a rerun, which resumes it, nor by the report."""
+    path = run_dir / "summary.json"
+    try:
+        old = read_json(path) if path.is_file() else None
+    except RunFileError:
+        old = None
+    if old is None or old.get("status") != "complete":
+        return
+    budget = {key: OmegaConf.select(OmegaConf.create(config), key) for key in _BUDGET}
+    write_json(path, {"status": "superseded", "reason": "the run is being trained further", "new_budget": budget,
+                      "previous": old})
 
 
 def train(cfg: DictConfig, run_dir: str | Path, on_start: Optional[Callable[[Path], None]] = None) -> Dict[str, Any]:
@@ -222,8 +259,12 @@ def _train(cfg: DictConfig, run_dir: Path, dist: Dist, start: Callable[[], Any])
     if done is not None:
         log.info("%s is complete (summary.json); skipping. Delete it to train again.", run_dir)
         return done
-    trainer = Trainer(cfg, run_dir, dist)
-    trainer.try_resume()
+    # a signal while the data is loaded: nothing to save, stop at once (the lock restores the dir)
+    with PreemptionGuard(immediate="data loading and set-up", after="nothing was trained; run the same command again"):
+        trainer = Trainer(cfg, run_dir, dist)
+        trainer.try_resume()
+    if dist.main:
+        supersede_summary(run_dir, trainer.config)
     trainer.record_start()
     start()
     params = trainer.model.num_parameters()
@@ -248,7 +289,8 @@ def _train(cfg: DictConfig, run_dir: Path, dist: Dist, start: Callable[[], Any])
 def _finish(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], logger) -> Dict[str, Any]:
     """Rank 0, after training: decode, draw, write summary.json and the W&B summary."""
     run_dir, step = trainer.run_dir, trainer.state.step
-    with PreemptionGuard(immediate="the final decoding"):  # a rerun resumes at the end and decodes
+    with PreemptionGuard(immediate="the final decoding",  # a rerun resumes at the end and decodes
+                         after="last.pt holds the finished training: run the same command again to decode"):
         decoded = final_decode(trainer)
     draw_fields(trainer.model, run_dir, str(cfg.pos.name), logger, step)
     draw_curves(run_dir, logger, step)
@@ -279,7 +321,7 @@ def _summary(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], last: Di
         "final": last,
         "best": {"metric": trainer.tcfg.best_metric, "value": st.best_value, "epoch": st.best_epoch,
                  "step": st.best_step},
-        "decoding": decoded,
+        "decoding": decoded, "decode_checkpoint": trainer.tcfg.decode_checkpoint,
         "parameters": params,
         "epochs": st.epoch, "steps": st.step,
         "train_seconds": st.train_seconds,
@@ -301,12 +343,13 @@ def _summary(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], last: Di
 
 
 def final_decode(trainer: Trainer) -> Dict[str, Any]:
-    """Translate ``trainer.decode_splits`` with the best checkpoint's weights by every strategy of
+    """Translate ``trainer.decode_splits`` with the best checkpoint's weights (or, with
+    ``trainer.decode_checkpoint=last``, the weights at the end of training) by every strategy of
     ``trainer.decode_strategies``; the translations and their references go to ``hyps/``. Returns
     the scores per ``<split>/<strategy>``."""
     t = trainer.tcfg
     best = trainer.ckpt_dir / "best.pt"
-    if best.is_file():
+    if t.decode_checkpoint == "best" and best.is_file():
         trainer.model.load_state_dict(checkpoint.load(best, map_location="cpu")["model"])
     results: Dict[str, Any] = {}
     hyp_dir = trainer.run_dir / "hyps"

@@ -27,6 +27,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
+from omegaconf import OmegaConf
+
+from .config import run_name_problem
+
 
 class RunDirLocked(RuntimeError):
     """Another live process holds the run dir (or the file system cannot lock it)."""
@@ -94,6 +98,35 @@ class RunDirLock:
                 break
 
 
+def first_missing(path: Path) -> Optional[Path]:
+    """The outermost folder of ``path`` that does not exist yet (``path`` itself, or an ancestor);
+    None when it exists."""
+    path = Path(path).expanduser().absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def remove_if_created(run_dir: Path, created: Optional[Path]) -> None:
+    """Remove the empty folders from ``run_dir`` up to ``created`` (what this start created)."""
+    if created is None:
+        return
+    d = Path(run_dir).expanduser().absolute()
+    created = Path(created)
+    while True:
+        try:
+            if any(d.iterdir()):
+                return
+            d.rmdir()
+        except OSError:
+            return
+        if d == created or created not in d.parents:
+            return
+        d = d.parent
+
+
 def creation_problem(run_dir: Path) -> Optional[str]:
     """Why ``run_dir`` cannot be created or written (a file in its path, a read-only place);
     None when it can. Nothing is created."""
@@ -116,18 +149,55 @@ except ImportError:  # pragma: no cover (hydra-core is a dependency; the callbac
     Callback = object  # type: ignore[misc,assignment]
 
 
+REFUSED_FILE = ".refused-jobs"  # in a sweep dir while it runs: one line per job refused by a held lock
+
+
+def note_refused(sweep_dir: Path, run_dir: Path) -> None:
+    """Record that a sweep job was refused (its run dir held by another process): the sweep ends
+    non-zero and says so (:class:`CheckRunDir`). One short O_APPEND write per job, so jobs in
+    other processes (hydra/launcher=joblib) append safely."""
+    path = Path(sweep_dir) / REFUSED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{run_dir}\n")
+
+
 class CheckRunDir(Callback):
     """Hydra callback (``hydra.callbacks`` in conf/config.yaml): a run or sweep dir that cannot be
-    created stops the start with one line and exit 2, before Hydra tries to create it."""
+    created, or a ``run_name`` that is not one folder name, stops the start with one line and
+    exit 2, before Hydra creates anything; a sweep that had jobs refused (their run dirs held by
+    another process) ends with one line counting them and exit 3, so a driver can tell it from a
+    sweep that finished every job."""
 
-    def _check(self, path: str) -> None:
-        problem = creation_problem(Path(path))
+    #: the outermost folder of the last checked run dir that did not exist before the start (run.py
+    #: removes it again, if empty, when the start is refused)
+    created: Optional[Path] = None
+
+    def _check(self, config, path: str) -> None:
+        CheckRunDir.created = first_missing(Path(path))
+        name = str(OmegaConf.select(config, "run_name", default=""))
+        problem = creation_problem(Path(path)) or run_name_problem(name)
         if problem:
             print(f"ConfigError: {problem}", file=sys.stderr)
             sys.exit(2)
 
     def on_run_start(self, config, **kwargs) -> None:
-        self._check(config.hydra.run.dir)
+        self._check(config, config.hydra.run.dir)
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        self._check(config.hydra.sweep.dir)
+        self._check(config, config.hydra.sweep.dir)
+        stale = Path(config.hydra.sweep.dir) / REFUSED_FILE
+        if stale.is_file():
+            stale.unlink()
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        path = Path(config.hydra.sweep.dir) / REFUSED_FILE
+        if not path.is_file():
+            return
+        refused = [line for line in path.read_text().splitlines() if line]
+        path.unlink()
+        print(f"RunDirLocked: {len(refused)} job(s) of this sweep were refused and not run, their run dirs held by "
+              f"another process ({', '.join(refused[:3])}{', ...' if len(refused) > 3 else ''}); run the sweep "
+              "again when that process has finished (finished jobs are skipped)", file=sys.stderr)
+        sys.exit(3)
+

@@ -161,6 +161,7 @@ class Trainer:
             self.dist.wait_for_main()
         tok = self.data.tokenizer
         self.model = Seq2SeqTransformer.from_config(cfg, tok.vocab_size, tok.pad_id).to(self.device)
+        self._check_positions()
         # what the training step calls: the model itself, or its DistributedDataParallel wrapper
         # (which averages gradients over ranks); checkpoints and evaluation use self.model
         self.train_model = self.model
@@ -175,6 +176,27 @@ class Trainer:
         self._preemption: Optional[PreemptionGuard] = None  # set while fit() runs
         self._session_start, self._wall_before = time.perf_counter(), 0.0
         self._seed_rank()
+
+    def _check_positions(self) -> None:
+        """With the absolute sinusoidal PE every position a split needs (its longest source and
+        target, and the decoding's length limit on the decoded splits) must be in the PE table:
+        checked before the first update, not at the first evaluation an epoch later."""
+        if not self.model.src_embed.pe:
+            return
+        table, t = self.model.src_embed.pe_table.shape[0], self.tcfg
+        max_len = self.cfg.data.get("max_len")
+        for split, examples in self.data.examples.items():
+            if not len(examples) or (split == "train" and max_len is not None and max_len + 2 <= table):
+                continue  # training pairs are filtered to data.max_len subword tokens
+            src = max(len(s) for s, _ in examples)
+            need = {"source": src, "target": max(len(g) - 1 for _, g in examples)}
+            if split in t.decode_splits:
+                need["decoding limit"] = 1 + int(src * t.max_len_a + t.max_len_b)  # BOS + the limit
+            what, n = max(need.items(), key=lambda kv: kv[1])
+            if n > table:
+                raise ConfigError(f"the {split} split needs {n} positions ({what}: its longest sentence) but "
+                                  f"model.max_positions={table} (the sinusoidal PE table): raise model.max_positions "
+                                  f"to at least {n}" + (", or lower data.max_len" if split == "train" else ""))
 
     def record_start(self) -> None:
         """The run starts (or resumes): rank 0 writes its resolved ``config.yaml``. Nothing in the
@@ -387,14 +409,7 @@ class Trainer:
                 if t.save_every_steps and st.step % t.save_every_steps == 0:
                     self.save_last()
                 if self._preempted():
-                    log.warning("preempted: saving %s at step %d; the job resumes from it when run again",
-                                self.ckpt_dir / "last.pt", st.step)
                     self._stop_for_preemption()
-        except KeyboardInterrupt:
-            log.warning("interrupted: saving %s at step %d; re-run with the same run dir to resume",
-                        self.ckpt_dir / "last.pt", st.step)
-            self.save_last()
-            raise
         finally:
             bar.close()
 
@@ -471,8 +486,11 @@ class Trainer:
     def _stop_for_preemption(self) -> None:
         """Write last.pt, then hand the signal on (see :mod:`agf_exp.preemption`); a rank that did
         not receive the signal itself stops with the others."""
+        log.warning("stopped by a signal: saved %s at step %d; the run resumes from it when run again",
+                    self.ckpt_dir / "last.pt", self.state.step)
         self.save_last()
         signalled = self._preemption.pending
+        self._preemption.after = f"after saving last.pt at step {self.state.step}"
         self._preemption.hand_on()
         if not signalled:
             raise Preempted("another rank was stopped by a signal; this rank stopped with it after last.pt "
@@ -490,3 +508,5 @@ class Trainer:
             elif st.window_tokens:  # stopped mid-epoch by max_steps / max_minutes
                 self.evaluate_on_main(st.epoch + st.batch_in_epoch / max(len(batches), 1), logger)
             self.save_last()
+            if self._preempted():  # arrived during the epoch's evaluation
+                self._stop_for_preemption()

@@ -66,7 +66,7 @@ def test_submitit_style_requeue_saves_then_hands_on_and_the_rerun_matches(tmp_pa
 
 def test_sigterm_with_the_default_action_saves_and_stops_with_a_message(tmp_path, monkeypatch):
     _signal_at_step(monkeypatch, signal.SIGTERM, 3)
-    with pytest.raises(Preempted, match="stopped by SIGTERM after saving last.pt; run the same command again"):
+    with pytest.raises(Preempted, match="stopped by SIGTERM after saving last.pt at step 4; run the same command again"):
         train(make_cfg(*RUN), tmp_path)
     assert checkpoint.load(tmp_path / "checkpoints/last.pt")["state"]["step"] == 4
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 import agf_exp.training as training
 from agf_exp import checkpoint, evaluate
 from agf_exp.config import ConfigError
+from agf_exp.preemption import Preempted
 from agf_exp.rundir import train
 from agf_exp.training import Trainer, TrainingError
 
@@ -58,17 +60,19 @@ def test_smoke_training_learns(smoke_run):
 
 
 def interrupted_run(monkeypatch, cfg, run_dir, step: int) -> None:
-    """Train ``cfg`` into ``run_dir`` until a Ctrl-C at ``step`` (last.pt holds that step)."""
+    """Train ``cfg`` into ``run_dir`` until a Ctrl-C in the middle of update ``step + 1``: the
+    update is finished, then saved (last.pt holds step + 1), and the run stops with exit 130."""
     original = Trainer._update
 
     def interrupt(self, examples, group):
         if self.state.step == step:
-            raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)  # arrives during this update
         return original(self, examples, group)
 
     monkeypatch.setattr(Trainer, "_update", interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Preempted, match=rf"stopped by Ctrl-C \(SIGINT\) after saving last.pt at step {step + 1}") as e:
         train(cfg, run_dir)
+    assert e.value.code == 130
     monkeypatch.setattr(Trainer, "_update", original)
 
 
@@ -94,7 +98,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
     resumed = tmp_path / "resumed"
     interrupted_run(monkeypatch, make_cfg(*overrides), resumed, step=20)
     state = checkpoint.load(resumed / "checkpoints/last.pt")["state"]
-    assert state["step"] == 20 and state["epoch"] == 0 and state["batch_in_epoch"] == 20
+    assert state["step"] == 21 and state["epoch"] == 0 and state["batch_in_epoch"] == 21
     train(make_cfg(*overrides), resumed)
 
     timing = {"tokens_per_s", "train_seconds", "val_seconds", "train_loss"}
@@ -213,7 +217,7 @@ def test_resume_loads_last_pt_on_the_cpu_whatever_the_training_device(tmp_path, 
     real = torch.set_rng_state
     monkeypatch.setattr(torch, "set_rng_state", lambda state: (seen.append(state), real(state)))
     assert trainer.try_resume()
-    assert trainer.state.step == 5
+    assert trainer.state.step == 6
     assert [(t.device.type, t.dtype) for t in seen] == [("cpu", torch.uint8)]
 
 
@@ -282,8 +286,10 @@ def test_sigterm_during_the_final_decoding_stops_with_the_preemption_message(tmp
         return real(trainer)
 
     monkeypatch.setattr(rundir, "final_decode", signalled)
-    with pytest.raises(Preempted, match="stopped by SIGTERM during the final decoding after saving last.pt"):
+    with pytest.raises(Preempted, match="stopped by SIGTERM during the final decoding; last.pt holds the finished "
+                                        "training: run the same command again to decode") as e:
         train(make_cfg(*FAST, "trainer.max_epochs=1"), tmp_path)
+    assert e.value.code == 143
     monkeypatch.setattr(rundir, "final_decode", real)
     summary = train(make_cfg(*FAST, "trainer.max_epochs=1"), tmp_path)  # resumes at the end and decodes
     assert summary["status"] == "complete"

@@ -99,7 +99,12 @@ def train_or_load(lines: Union[Sequence[str], Callable[[], Sequence[str]]], voca
     if callable(lines):
         lines = lines()
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf,
-                                   minloglevel=2, **options)
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf,
+                                       minloglevel=2, **options)
+    except RuntimeError as e:  # sentencepiece's INTERNAL errors: a vocabulary size the data cannot give
+        reason = str(e).split("]")[-1].strip()
+        raise DataError(f"data.vocab_size={vocab_size} does not fit this data: sentencepiece says {reason!r}; "
+                        "choose a data.vocab_size it allows") from None
     atomic_write_bytes(path, buf.getvalue())
     return Tokenizer(buf.getvalue())
