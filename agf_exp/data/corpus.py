@@ -25,6 +25,7 @@ class DataError(ValueError):
 class SubwordModel(str, enum.Enum):
     bpe = "bpe"
     unigram = "unigram"
+    word = "word"  # one piece per whitespace word (the synthetic length tasks: lengths in symbols)
 
 
 @dataclass
