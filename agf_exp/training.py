@@ -486,9 +486,9 @@ class Trainer:
     def _stop_for_preemption(self) -> None:
         """Write last.pt, then hand the signal on (see :mod:`agf_exp.preemption`); a rank that did
         not receive the signal itself stops with the others."""
+        self.save_last()
         log.warning("stopped by a signal: saved %s at step %d; the run resumes from it when run again",
                     self.ckpt_dir / "last.pt", self.state.step)
-        self.save_last()
         signalled = self._preemption.pending
         self._preemption.after = f"after saving last.pt at step {self.state.step}"
         self._preemption.hand_on()
