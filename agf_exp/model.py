@@ -174,18 +174,22 @@ class Seq2SeqTransformer(nn.Module):
             x = layer(x, src_pad)
         return self.enc_norm(x), src_pad
 
-    def decode(self, tgt_in, memory, src_pad, cache: Optional[List[dict]] = None, start: int = 0):
+    def decode(self, tgt_in, memory, src_pad, cache: Optional[List[dict]] = None, start: int = 0,
+               return_hidden: bool = False):
         """Decoder logits ``[B, Lt, V]``. With ``cache`` (a list with one dict per layer), ``tgt_in``
-        holds only the new tokens, at absolute positions ``start, start + 1, ...``."""
+        holds only the new tokens, at absolute positions ``start, start + 1, ...``. With
+        ``return_hidden`` the final decoder states ``[B, Lt, D]`` instead (the input of
+        ``generator``; :func:`agf_exp.fused_loss.linear_cross_entropy` projects them chunk by chunk)."""
         tgt_pad = tgt_in.eq(self.pad_id) if cache is None else None
         y = self.tgt_embed(tgt_in, start=start)
         for i, layer in enumerate(self.decoder):
             y = layer(y, memory, tgt_pad, src_pad, cache=None if cache is None else cache[i], start=start)
-        return self.generator(self.dec_norm(y))
+        y = self.dec_norm(y)
+        return y if return_hidden else self.generator(y)
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, return_hidden: bool = False) -> torch.Tensor:
         memory, src_pad = self.encode(src)
-        return self.decode(tgt_in, memory, src_pad)
+        return self.decode(tgt_in, memory, src_pad, return_hidden=return_hidden)
 
     def positional_parameters(self):
         return [p for m in self.modules() if isinstance(m, MultiHeadAttention) and m.pos is not None

@@ -268,8 +268,9 @@ def _train(cfg: DictConfig, run_dir: Path, dist: Dist, start: Callable[[], Any])
     trainer.record_start()
     start()
     params = trainer.model.num_parameters()
-    log.info("model: %d parameters (%d positional); device %s, autocast %s%s", params["total"],
-             params["positional"], trainer.device, trainer.amp_dtype,
+    log.info("model: %d parameters (%d positional); device %s, precision %s%s%s", params["total"],
+             params["positional"], trainer.device, trainer.precision_reason,
+             "; output projection + loss fused (bf16, chunked)" if trainer.fused_loss else "",
              f"; rank {dist.rank} of {dist.world}" if dist.active else "")
     # the logger exists only once the start is accepted (W&B writes into the run dir); rank 0 logs
     logger = NullLogger()
@@ -330,6 +331,7 @@ def _summary(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], last: Di
         "device": str(trainer.device) + (f" ({torch.cuda.get_device_name()})" if trainer.device.type == "cuda" else ""),
         "world_size": trainer.dist.world,
         "autocast": str(trainer.amp_dtype),
+        "precision": trainer.precision_record(),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "git_commit": git_commit(),

@@ -26,9 +26,10 @@ from . import checkpoint
 from .atomic import append_line, atomic_write_bytes
 from .config import ConfigError, config_diff, to_container
 from .data import DataBundle, collate, make_batches, prepare_data
-from .devices import autocast, resolve_device, resolve_precision
+from .devices import Precision, autocast, cpu_bf16_units, cpu_precision_problem, describe_precision, resolve_device, tune_cpu_allocator
 from .distributed import Dist
 from .evaluation import evaluate_split, smoothed_loss
+from .fused_loss import linear_cross_entropy
 from .loggers import NullLogger
 from .model import Seq2SeqTransformer
 from .preemption import Preempted, PreemptionGuard
@@ -152,7 +153,14 @@ class Trainer:
         if self.device.type == "cpu" and str(getattr(cfg.model.attn_backend, "value", cfg.model.attn_backend)) == "flex":
             raise ConfigError(f"model.attn_backend=flex cannot train on CPU: flex_attention in torch {torch.__version__} "
                               "has no CPU backward; use model.attn_backend=auto (eager/SDPA on CPU, flex on CUDA)")
-        self.amp_dtype = resolve_precision(self.tcfg.precision, self.device)
+        self.amp_dtype, self.precision_reason = describe_precision(self.tcfg.precision, self.device)
+        warning = cpu_precision_problem(self.tcfg.precision, self.device)
+        if warning and self.dist.main:
+            log.warning(warning)
+        # bf16 on the CPU: the output projection and the loss fused, chunk by chunk (agf_exp.fused_loss)
+        self.fused_loss = self.device.type == "cpu" and self.amp_dtype == torch.bfloat16
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
         seed_everything(cfg.seed)
         if not self.dist.main:
             self.dist.wait_for_main()  # rank 0 trains the tokenizer and builds any binarised cache first
@@ -197,6 +205,13 @@ class Trainer:
                 raise ConfigError(f"the {split} split needs {n} positions ({what}: its longest sentence) but "
                                   f"model.max_positions={table} (the sinusoidal PE table): raise model.max_positions "
                                   f"to at least {n}" + (", or lower data.max_len" if split == "train" else ""))
+
+    def precision_record(self) -> Dict[str, Any]:
+        """How this run computes (summary.json's ``precision``)."""
+        return {"requested": Precision(self.tcfg.precision).value,
+                "autocast": None if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", ""),
+                "why": self.precision_reason, "fused_output_loss": self.fused_loss,
+                "cpu_bf16_units": cpu_bf16_units() if self.device.type == "cpu" else None}
 
     def record_start(self) -> None:
         """The run starts (or resumes): rank 0 writes its resolved ``config.yaml``. Nothing in the
@@ -445,8 +460,12 @@ class Trainer:
             sync = i == len(batches) - 1 or not self.dist.active
             with nullcontext() if sync else self.train_model.no_sync():
                 with autocast(self.device, self.amp_dtype):
-                    logits = self.train_model(src, tgt[:, :-1])
-                loss = smoothed_loss(logits, tgt[:, 1:], t.label_smoothing)
+                    out = self.train_model(src, tgt[:, :-1], return_hidden=self.fused_loss)
+                if self.fused_loss:  # out: the decoder's final states; the projection runs chunk by chunk in bf16
+                    loss = linear_cross_entropy(out, self.model.generator.weight, tgt[:, 1:], t.label_smoothing,
+                                                pad_id=self.model.pad_id, dtype=self.amp_dtype)
+                else:
+                    loss = smoothed_loss(out, tgt[:, 1:], t.label_smoothing)
                 self.scaler.scale(loss / n_tokens * weight if world > 1 else loss / n_tokens).backward()
             if mine:
                 loss_sum += loss.item()
