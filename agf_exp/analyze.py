@@ -211,9 +211,11 @@ def heads(args: HeadsArgs) -> int:
                             n_perms=args.n_perms, max_distance=args.max_distance, min_count=args.min_count,
                             batch_tokens=args.batch_tokens, seed=args.seed, device=run.device)
     pe = bool(run.ckpt["config"].get("pe"))
-    sys.stdout.write(hd.to_markdown(scores, pe=pe))
+    positional = hd.positional_types(run.model)
+    sys.stdout.write(hd.to_markdown(scores, pe=pe, positional=positional))
     written = hd.plot(scores, run.out)
     (run.out / "heads.json").write_text(json.dumps({"ckpt": str(run.ckpt_path), "split": args.split, "pe": pe,
+                                                    "positional_types": positional,
                                                     "sentences": len(examples), "n_perms": args.n_perms,
                                                     "heads": hd.as_dicts(scores)}, indent=1, default=float))
     print(f"wrote {run.out / 'heads.json'}, {written['heatmap']} and {written['plane']}")

@@ -5,6 +5,7 @@
     python -m agf_exp.report table4 --wandb my-team/agf-exp            # read the runs from W&B
     python -m agf_exp.report --all --runs outputs/sweeps               # REPORT.md + CSV/JSON + plots
     python -m agf_exp.report table3                                    # the worked example
+    python -m agf_exp.report --parity results/multi30k-small --runs results/precision-parity  # bf16 vs fp32
 
 Per row: the paper's value; our final validation accuracy (the paper's metric: teacher-forced
 token accuracy after the last epoch) as mean ± sample std over seeds with a 95% Student-t
@@ -24,18 +25,25 @@ names, but a row lacks are listed as missing; nothing is dropped silently.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .results import ReportError
-from .results.claims import analysis_appendix, evaluate_claims
+from .analysis import decay
+from .atomic import atomic_write_bytes
+from .results import ReportError, learning_speed
+from .results.claims import analysis_appendix, decay_fits, evaluate_claims
 from .results.claims import to_markdown as claims_markdown
 from .results.format import to_csv, to_json, to_markdown
+from .results.parity import precision_parity
+from .results.provenance import provenance
+from .results.provenance import to_markdown as provenance_markdown
+from .results.parity import to_markdown as parity_markdown
 from .results.plots import plot_table_curves
 from .results.runs import Run, collect_runs, collect_wandb, export_runs
-from .results.tabulate import report_table
-from .tables import TABLES, table as get_table
+from .results.tabulate import pick_experiment, report_table, select_runs
+from .tables import PAPER_ROWS, TABLES, Table, table as get_table
 
 
 def write_all(runs: List[Run], out: Path, experiment: Optional[str], n_bootstrap: int,
@@ -66,9 +74,43 @@ def write_all(runs: List[Run], out: Path, experiment: Optional[str], n_bootstrap
                 parts += [f"![{name} learning curves](curves/{name}.png)", ""]
     claims = evaluate_claims(runs, experiment, n_bootstrap)
     (out_dir / "claims.json").write_text(to_json(claims))
-    parts += [claims_markdown(claims), analysis_appendix(claims)]
+    parts += [claims_markdown(claims)]
+    parts += [""] + speed_section(runs, experiment, out_dir)
+    parts += provenance_markdown(provenance([r for r in runs if experiment is None or r.experiment == experiment]))
+    parts += ["", analysis_appendix(claims)]
     out.write_text("\n".join(parts))
+    refresh_decay_files(claims)
     return out
+
+
+def refresh_decay_files(claims) -> None:
+    """Each analysed run's ``analysis/decay.json`` gets the fits the report printed (its stored
+    profiles refitted by the current rules, in the files' stable form), so that the file and the
+    report never disagree; a file already current is left as it is."""
+    for model in (claims.get("attention") or {}).get("models", []):
+        path = Path(model["run"]) / "analysis" / "decay.json"
+        fits = decay_fits(model["run"])
+        if fits is None:
+            continue
+        data = json.loads(path.read_text())
+        fresh = decay.stable_dicts(fits)
+        if data.get("fits") != fresh:
+            data["fits"] = fresh
+            atomic_write_bytes(path, json.dumps(data, indent=1, default=float).encode())
+
+
+def speed_section(runs: List[Run], experiment: Optional[str], out_dir: Path) -> List[str]:
+    """The learning-speed section (its JSON and plot beside REPORT.md), over every paper row with runs."""
+    rows = [row for row in PAPER_ROWS if any(r.row == row for r in runs)]
+    if not rows:
+        return []
+    by_row, _, _ = select_runs(Table("speed", "", rows), runs, pick_experiment(runs, rows, experiment))
+    labels = {row: PAPER_ROWS[row][0] for row in rows}
+    result = learning_speed.learning_speed(by_row, learning_speed.rows_pe(runs))
+    (out_dir / "learning_speed.json").write_text(to_json(result))
+    if result["rows"]:
+        learning_speed.plot(result, by_row, labels, out_dir / "curves" / "learning_speed.png")
+    return learning_speed.to_markdown(result, labels)
 
 
 def _warn(unreadable: Sequence[str]) -> None:
@@ -99,7 +141,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the seeds every row should have: a row lacking one is listed as missing")
     parser.add_argument("--export", type=Path, metavar="DIR",
                         help="copy the finished runs' small files (no checkpoints) into DIR, e.g. results/multi30k-small")
+    parser.add_argument("--parity", type=Path, metavar="FP32_RUNS",
+                        help="quality parity of the runs under --runs (another precision) against the fp32 runs "
+                             "under FP32_RUNS, by the rule of docs/precision.md")
     args = parser.parse_args(argv)
+    if args.parity:
+        try:
+            unreadable = []
+            result = precision_parity(collect_runs(args.runs or Path("outputs/sweeps"), unreadable),
+                                      collect_runs(args.parity, unreadable))
+            _warn(unreadable)
+        except ReportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        text = parity_markdown(result)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+            print(f"wrote {args.out}")
+        else:
+            sys.stdout.write(text)
+        return 0
     if args.export:
         root = args.runs or Path("outputs/sweeps")
         try:

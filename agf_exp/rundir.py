@@ -324,7 +324,7 @@ def _summary(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], last: Di
                  "step": st.best_step},
         "decoding": decoded, "decode_checkpoint": trainer.tcfg.decode_checkpoint,
         "parameters": params,
-        "epochs": st.epoch, "steps": st.step,
+        "epochs": st.epoch, "steps": st.step, "resumed_at": list(st.resumed_at),
         "train_seconds": st.train_seconds,
         "train_tokens_per_s": st.train_tokens / st.train_seconds if st.train_seconds else None,
         "wall_seconds": trainer.wall_seconds(),

@@ -13,7 +13,7 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional
 
@@ -26,6 +26,7 @@ from . import checkpoint
 from .atomic import append_line, atomic_write_bytes
 from .config import ConfigError, config_diff, to_container
 from .data import DataBundle, collate, make_batches, prepare_data
+from .data.tokenizer import PAD
 from .devices import Precision, autocast, cpu_bf16_units, cpu_precision_problem, describe_precision, resolve_device, tune_cpu_allocator
 from .distributed import Dist
 from .evaluation import evaluate_split, smoothed_loss
@@ -59,6 +60,8 @@ class TrainState:
     window_loss: float = 0.0
     window_tokens: int = 0
     window_seconds: float = 0.0
+    # where each earlier session stopped and this run resumed (step, epoch, batch_in_epoch)
+    resumed_at: List[Dict[str, int]] = field(default_factory=list)
 
     def reset_window(self) -> None:
         self.window_loss, self.window_tokens, self.window_seconds = 0.0, 0, 0.0
@@ -119,6 +122,20 @@ def lr_at(step: int, peak: float, warmup: int) -> float:
     step = max(step, 1)
     warmup = max(warmup, 1)
     return peak * min(step / warmup, math.sqrt(warmup / step))
+
+
+def batch_loss(model, generator_weight: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, label_smoothing: float,
+               device: torch.device, amp_dtype: Optional[torch.dtype], fused: bool) -> torch.Tensor:
+    """The summed label-smoothed loss of one batch (``tgt`` with BOS; ``model``: the model or its
+    DDP wrapper), in ``amp_dtype`` autocast. ``fused``: the model returns its final decoder
+    states and :func:`~agf_exp.fused_loss.linear_cross_entropy` projects them onto the vocabulary
+    (``generator_weight``) and scores them chunk by chunk, never holding the logits."""
+    with autocast(device, amp_dtype):
+        out = model(src, tgt[:, :-1], return_hidden=fused)
+    if fused:
+        return linear_cross_entropy(out, generator_weight, tgt[:, 1:], label_smoothing, pad_id=PAD,
+                                    dtype=amp_dtype or torch.float32)
+    return smoothed_loss(out, tgt[:, 1:], label_smoothing)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,6 +292,8 @@ class Trainer:
         self._load_scaler(ckpt["scaler"])
         set_rng_state(ckpt["rng"], self.device)
         self.state = TrainState(**ckpt["state"])
+        self.state.resumed_at = [dict(x) for x in self.state.resumed_at] + [
+            {"step": self.state.step, "epoch": self.state.epoch, "batch_in_epoch": self.state.batch_in_epoch}]
         self._wall_before = self.state.wall_seconds
         changed = config_diff(ckpt["config"], self.config)
         if changed:
@@ -459,13 +478,8 @@ class Trainer:
             src, tgt = src.to(self.device), tgt.to(self.device)
             sync = i == len(batches) - 1 or not self.dist.active
             with nullcontext() if sync else self.train_model.no_sync():
-                with autocast(self.device, self.amp_dtype):
-                    out = self.train_model(src, tgt[:, :-1], return_hidden=self.fused_loss)
-                if self.fused_loss:  # out: the decoder's final states; the projection runs chunk by chunk in bf16
-                    loss = linear_cross_entropy(out, self.model.generator.weight, tgt[:, 1:], t.label_smoothing,
-                                                pad_id=self.model.pad_id, dtype=self.amp_dtype)
-                else:
-                    loss = smoothed_loss(out, tgt[:, 1:], t.label_smoothing)
+                loss = batch_loss(self.train_model, self.model.generator.weight, src, tgt, t.label_smoothing,
+                                  self.device, self.amp_dtype, fused=self.fused_loss)
                 self.scaler.scale(loss / n_tokens * weight if world > 1 else loss / n_tokens).backward()
             if mine:
                 loss_sum += loss.item()

@@ -63,7 +63,7 @@ def test_claims_from_runs_follow_the_numbers():
     result = claims.evaluate_claims(runs, n_bootstrap=100)
     got = {c["key"]: c for c in result["claims"]}
     assert got["agf_par"]["verdict"] == "reproduced"
-    assert got["agf_m_par"]["verdict"] == "not reproduced"  # a full point below vanilla
+    assert got["agf_m_par"]["verdict"] == "not on par: `vanilla` better (p<0.001)"  # a full point below vanilla
     assert got["pcmv_agf_m"]["verdict"] == "reproduced" and got["agf_m_pcmv_vanilla"]["verdict"] == "reproduced"
     assert got["pcmv_exp_alibi"]["verdict"] == "inconclusive" and got["pcmv_exp_alibi"]["diff"] == pytest.approx(0)
     assert got["alibi_mul_pcmv"]["verdict"] == "not reproduced"
@@ -149,22 +149,33 @@ def test_attention_evidence_refits_the_stored_profiles_and_counts_neither(tmp_pa
         (tmp_path / row / "analysis/heads.json").write_text(json.dumps({"heads": heads}))
         runs[row] = [run]
     ev = claims.attention_evidence(runs)
-    assert (ev["power"], ev["exponential"], ev["neither"], ev["profiles"]) == (26, 4, 6, 36)
+    # the claim's counts are the AGF family's (agf_m + agf_m_pcmv); vanilla is its own family
+    assert (ev["power"], ev["exponential"], ev["neither"], ev["profiles"]) == (19, 3, 2, 24)
     assert ev["verdict"] == "reproduced" and ev["p"] < 0.05
+    fam = {f["family"]: f for f in ev["families"]}
+    assert (fam["vanilla"]["power"], fam["vanilla"]["exponential"], fam["vanilla"]["neither"]) == (7, 1, 4)
+    assert fam["vanilla"]["verdict"] == "inconclusive" and fam["vanilla"]["decided"] == "no preference"  # 7 vs 1: p 0.07
+    assert fam["agf"]["decided"] == "power law" and fam["agf"]["decided_p"] < 0.05
     enc = ev["models"][0]["heads"]["enc"]
     assert (enc["heads"], enc["positional"], enc["mixed"]) == (2, 1, 1) and enc["eta_pos"] == pytest.approx(0.325)
     text = claims.to_markdown({"claims": [], "curve": {"fits": None, "verdict": "no runs yet"}, "attention": ev,
                                "par_margin": 0.5})
-    assert "described by the power law in 26, by the exponential in 4, by neither in 6" in text
+    assert "| no positional coefficient (vanilla) | 12 | 7 | 1 | 4 (0.77) | **inconclusive** | 7 vs 1: **power law** (0.07) |" \
+        not in text  # 7 of 8 decided is p = 0.07: no preference
+    assert "| no positional coefficient (vanilla) | 12 | 7 | 1 | 4 (0.77) | **inconclusive** | 7 vs 1: **no preference**" in text
+    assert "| decaying positional coefficient (AGF-M, AGF-M + PCM-V) | 24 | 19 | 3 | 2 (" in text
     assert "| `vanilla` | 1 | 7 / 1 / 4 of 12 (" in text and "| 1/0/1, –, 0/1/0 |" in text
     # a tail that neither form describes counts as neither, and most such tails make the verdict
     (tmp_path / "vanilla/analysis/decay.json").write_text(json.dumps(_decay_json(["neither"] * 10 + ["power"] * 2)))
-    alone = claims.attention_evidence({"vanilla": runs["vanilla"]})
+    def vanilla_family():
+        return {f["family"]: f for f in claims.attention_evidence({"vanilla": runs["vanilla"]})["families"]}["vanilla"]
+
+    alone = vanilla_family()
     assert (alone["power"], alone["neither"]) == (2, 10) and alone["verdict"] == "neither"
     (tmp_path / "vanilla/analysis/decay.json").write_text(json.dumps(_decay_json(["power"] * 6 + ["exponential"] * 6)))
-    assert claims.attention_evidence({"vanilla": runs["vanilla"]})["verdict"] == "inconclusive"
+    assert vanilla_family()["verdict"] == "inconclusive"
     (tmp_path / "vanilla/analysis/decay.json").write_text(json.dumps(_decay_json(["exponential"] * 10 + ["power"] * 2)))
-    assert claims.attention_evidence({"vanilla": runs["vanilla"]})["verdict"] == "not reproduced"
+    assert vanilla_family()["verdict"] == "not reproduced"
     assert claims.attention_evidence({})["verdict"].startswith("no analysis yet")
 
 
@@ -200,7 +211,9 @@ def test_each_claim_gets_a_bleu_verdict_and_inconclusive_ones_the_seeds_to_decid
     text = claims.to_markdown(result)
     assert "val acc: **reproduced**; test BLEU: **inconclusive** | – |" in text
     assert 2 < improves["seeds_needed"] <= result_stats.MAX_SEEDS
-    assert f"| **inconclusive** | {improves['seeds_needed']} |" in text
+    observed = result_stats.seeds_needed(finals["agf_m_pcmv"], finals["agf_m"], abs(improves["diff"]), "better")
+    assert improves["seeds_needed_observed"] == observed
+    assert f"| **inconclusive** | {improves['seeds_needed']}; {observed} (difference) |" in text
 
 
 def test_a_bleu_gain_that_rests_on_one_seed_is_not_reproduced_by_the_sentence_bootstrap_alone():

@@ -112,6 +112,8 @@ def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
     sa = json.loads((straight / "summary.json").read_text())
     sb = json.loads((resumed / "summary.json").read_text())
     assert sa["decoding"]["valid/greedy"]["bleu"] == sb["decoding"]["valid/greedy"]["bleu"]
+    # the summary says where the run was resumed (the report's provenance lists it)
+    assert sa["resumed_at"] == [] and sb["resumed_at"] == [{"step": 21, "epoch": 0, "batch_in_epoch": 21}]
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):

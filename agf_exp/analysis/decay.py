@@ -245,16 +245,27 @@ def profiles_from_json(stored: Dict[str, dict]) -> List[Profile]:
     return out
 
 
+def _g(x: float) -> str:
+    """Three significant digits; a rate or exponent below 1e-6 (on its lower bound) as 0."""
+    return "0" if abs(x) < 1e-6 else f"{x:.3g}"
+
+
+def _r2_text(x: float) -> str:
+    return f"{0.0 if abs(x) < 5e-4 else x:.3f}"  # no "-0.000"
+
+
 def to_markdown(fits: Sequence[DecayFit]) -> str:
     lines = ["| module | head | side | n | AGF G/(1+d/r)^k: r, k | far-half R² | power G·d^(−k): k | R² | far-half R² | "
              "exponential G·e^(−λd): λ | R² | far-half R² | far half described by |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in fits:
         p, q, e = f.power, f.pure_power, f.exponential
-        agf = f"r={p['r']:.3g}, k={p['k']:.3g}" + (" (degenerate)" if p.get("degenerate") else "")
-        lines.append(f"| {f.module} | {f.head} | {f.side} | {f.distances} | {agf} | {p['r2_tail']:.3f} | "
-                     f"k={q['k']:.3g} | {q['r2']:.3f} | {q['r2_tail']:.3f} | λ={e['lambda']:.3g} | {e['r2']:.3f} | "
-                     f"{e['r2_tail']:.3f} | **{f.better}** |")
+        # a parameter on its bound is not identified: its digits would be the optimiser's noise
+        # (they differ between machines), so a degenerate fit prints no parameters
+        agf = "degenerate (a parameter on its bound)" if p.get("degenerate") else f"r={_g(p['r'])}, k={_g(p['k'])}"
+        lines.append(f"| {f.module} | {f.head} | {f.side} | {f.distances} | {agf} | {_r2_text(p['r2_tail'])} | "
+                     f"k={_g(q['k'])} | {_r2_text(q['r2'])} | {_r2_text(q['r2_tail'])} | λ={_g(e['lambda'])} | "
+                     f"{_r2_text(e['r2'])} | {_r2_text(e['r2_tail'])} | **{f.better}** |")
     counts = {form: sum(f.better == form for f in fits) for form in ("power", "exponential", "neither")}
     degenerate = sum(bool(f.power.get("degenerate")) for f in fits)
     lines += ["", f"Of {len(fits)} (head, side) profiles, the far half is described by the power law in "
@@ -312,3 +323,26 @@ def plot(profiles: Sequence[Profile], fits: Sequence[DecayFit], out_dir: Path, m
 
 def as_dicts(fits: Sequence[DecayFit]) -> List[dict]:
     return [asdict(f) for f in fits]
+
+
+def stable_dicts(fits: Sequence[DecayFit]) -> List[dict]:
+    """:func:`as_dicts` as files keep them: the figures the report prints, rounded as it prints
+    them (R² to 3 decimals, parameters to 3 significant digits: the optimiser's tolerance moves
+    an ill-conditioned fit's R² by ~1e-5 when the input changes in its last bits) and a
+    degenerate AGF form without its parameters (a parameter on its bound leaves the others
+    unidentified: their digits are the optimiser's noise)."""
+    def rounded(x, key=""):
+        if isinstance(x, bool) or not isinstance(x, (float, dict)):
+            return x
+        if isinstance(x, dict):
+            return {k: rounded(v, k) for k, v in x.items()}
+        if key.startswith("r2"):
+            return float(_r2_text(x))
+        return float(_g(x))
+
+    out = []
+    for f in as_dicts(fits):
+        if f["power"].get("degenerate"):
+            f["power"] = {k: (None if k in ("G", "r", "k") else v) for k, v in f["power"].items()}
+        out.append(rounded(f))
+    return out

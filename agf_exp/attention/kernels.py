@@ -245,7 +245,15 @@ def sco_keys(k: torch.Tensor) -> torch.Tensor:
 def sdpa_attention(q, k, v, bias: Optional[torch.Tensor], mask: Optional[torch.Tensor], sco: bool,
                    dropout_p: float) -> torch.Tensor:
     """``F.scaled_dot_product_attention`` with an additive positional ``bias [H, Lq, Lk]`` and the
-    boolean ``mask`` (True: forbidden) as one float mask (or the boolean mask alone)."""
+    boolean ``mask`` (True: forbidden) as one float mask (or the boolean mask alone).
+
+    Under CPU autocast a call with a bias runs in fp32: autocast would cast the bias to bf16 with
+    q, k and v (ALiBi's -slope * distance at distance 100 onto a 0.25 grid), whereas the eager
+    reference adds it to fp32 logits; at these lengths attention is a small share of a step."""
+    out_dtype = v.dtype
+    fp32 = bias is not None and q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    if fp32:
+        q, k, v = q.float(), k.float(), v.float()
     attn_mask = None
     if bias is not None:
         attn_mask = bias.to(q.dtype)[None]
@@ -256,6 +264,10 @@ def sdpa_attention(q, k, v, bias: Optional[torch.Tensor], mask: Optional[torch.T
     scale = None
     if sco:
         k, scale = sco_keys(k), 1.0
+    if fp32:
+        with no_autocast(q.device):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                                  scale=scale).to(out_dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
 
 

@@ -67,7 +67,7 @@ def to_markdown(result: Dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-FILE_DIGITS = 12  # significant digits of the floats that the report writes to .json / .csv
+FILE_DIGITS = 6  # significant digits of the floats that the report writes to .json / .csv (fits agree to ~8)
 
 
 def round_floats(obj: Any, digits: int = FILE_DIGITS) -> Any:

@@ -13,7 +13,7 @@ is in the mean's interval."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -150,3 +150,50 @@ def seeds_needed(a: Sequence[float], b: Sequence[float], effect: float, kind: st
             return min(new, MAX_SEEDS + 1)
         n = new
     return n
+
+
+def _welch_t(a: Sequence[float], b: Sequence[float]) -> Optional[Tuple[float, float, float]]:
+    """(mean difference, its standard error, Welch degrees of freedom); None where a side has n < 2
+    or both sides are constant."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(x) < 2 or len(y) < 2:
+        return None
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    if vx + vy == 0:
+        return None
+    dof = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    return float(x.mean() - y.mean()), math.sqrt(vx + vy), float(dof)
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    """Two-sided p of Welch's t test of ``mean(a) = mean(b)`` (None where it is not defined)."""
+    from scipy import stats
+
+    t = _welch_t(a, b)
+    if t is None:
+        return None
+    diff, se, dof = t
+    return float(2 * stats.t.sf(abs(diff) / se, dof))
+
+
+def tost_p(a: Sequence[float], b: Sequence[float], margin: float = PAR_MARGIN) -> Optional[float]:
+    """p of the two one-sided Welch tests (TOST) that ``|mean(a) − mean(b)| < margin``: the larger
+    of the two one-sided p values; below 0.05 the 90 % interval lies inside ``±margin``."""
+    from scipy import stats
+
+    t = _welch_t(a, b)
+    if t is None:
+        return None
+    diff, se, dof = t
+    return float(max(stats.t.sf((diff + margin) / se, dof), stats.t.sf((margin - diff) / se, dof)))
+
+
+def holm(ps: Sequence[Optional[float]]) -> List[Optional[float]]:
+    """Holm–Bonferroni adjusted p values (step-down, monotone, capped at 1) of the defined ``ps``,
+    in their order; None stays None and does not count."""
+    defined = sorted((p, i) for i, p in enumerate(ps) if p is not None)
+    m, out, running = len(defined), [None] * len(ps), 0.0
+    for rank, (p, i) in enumerate(defined):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
