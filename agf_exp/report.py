@@ -6,6 +6,7 @@
     python -m agf_exp.report --all --runs outputs/sweeps               # REPORT.md + CSV/JSON + plots
     python -m agf_exp.report table3                                    # the worked example
     python -m agf_exp.report --parity results/multi30k-small --runs results/precision-parity  # bf16 vs fp32
+    python -m agf_exp.report lengthgen --runs results/lengthgen/synthetic --out results/lengthgen/REPORT.md
 
 Per row: the paper's value; our final validation accuracy (the paper's metric: teacher-forced
 token accuracy after the last epoch) as mean ± sample std over seeds with a 95% Student-t
@@ -32,7 +33,7 @@ from typing import List, Optional, Sequence
 
 from .analysis import decay
 from .atomic import atomic_write_bytes
-from .results import ReportError, learning_speed
+from .results import ReportError, learning_speed, lengthgen
 from .results.claims import analysis_appendix, decay_fits, evaluate_claims
 from .results.claims import to_markdown as claims_markdown
 from .results.format import to_csv, to_json, to_markdown
@@ -113,6 +114,33 @@ def speed_section(runs: List[Run], experiment: Optional[str], out_dir: Path) -> 
     return learning_speed.to_markdown(result, labels)
 
 
+def _lengthgen(args) -> int:
+    """``report lengthgen``: the study's tables, verdicts and plots (REPORT.md, JSON, PNGs in --out's folder)."""
+    root = args.runs or Path("outputs/study/lengthgen_synthetic")
+    try:
+        unreadable: List[str] = []
+        runs, skipped = lengthgen.study_runs(collect_runs(root, unreadable))
+        _warn(unreadable + skipped)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not runs:
+        print(f"error: no finished run of the length study below {root} (config study=lengthgen_synthetic); "
+              "train some with `python run.py +study=lengthgen_synthetic ...`", file=sys.stderr)
+        return 2
+    result = lengthgen.summarize(runs, args.bootstrap)
+    text = lengthgen.to_markdown(result)
+    if not args.out:
+        sys.stdout.write(text)
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    (args.out.parent / "lengthgen.json").write_text(to_json(result))
+    lengthgen.plot(result, args.out.parent)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _warn(unreadable: Sequence[str]) -> None:
     for line in unreadable:
         print(f"unreadable: {line}", file=sys.stderr)
@@ -128,7 +156,7 @@ def _seed_list(text: str) -> List[int]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agf_exp.report", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", nargs="?", help="table1 ... table6 (or 1 ... 6)")
+    parser.add_argument("table", nargs="?", help="table1 ... table6 (or 1 ... 6), or lengthgen (the length study)")
     parser.add_argument("--all", action="store_true", help="every table into one REPORT.md (see --out)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--runs", type=Path, help="folder holding the run dirs (default outputs/sweeps)")
@@ -162,6 +190,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             sys.stdout.write(text)
         return 0
+    if args.table == "lengthgen":
+        return _lengthgen(args)
     if args.export:
         root = args.runs or Path("outputs/sweeps")
         try:

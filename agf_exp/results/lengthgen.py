@@ -1,0 +1,316 @@
+"""The length-generalization study's report (protocol and hypotheses: docs/lengthgen.md, written
+before the runs): exact match per target length and length range, per arm, with intervals over
+seeds, the fraction of seeds that solve, paired two-level bootstrap deltas against sinusoidal PE
+(Holm-corrected per task), and the verdicts of H1-H4 by the rules fixed in that document.
+
+A run belongs to the study through its config (``study: lengthgen_synthetic``, ``arm``,
+``data.name``); its greedy test translations and references (``hyps/test.greedy.txt``,
+``hyps/test.ref.txt``) are the data. An example's length is its reference's length in symbols
+(copy / reverse) or actions (SCAN): whitespace-separated tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .runs import Run
+from .stats import holm, mean_ci
+
+BASELINE = "sinusoidal"
+SOLVED = 90.0  # a (task, arm, seed) solves a length range at >= 90 % exact match
+H1_ARMS = ("agf", "agf_m", "alibi", "alibi_bl", "kerple_log", "kerple_power", "t5")
+DECAYING = ("agf", "agf_m", "alibi", "alibi_bl", "kerple_log", "kerple_power")
+H1_MARGIN = 10.0
+H2_MARGIN = -5.0
+SHORT = 0.7  # H3: an output shorter than 0.7x its reference ends early
+MIN_SEEDS = 5  # the protocol's seeds per (task, arm): no verdict rests on fewer
+N_BOOTSTRAP = 1000
+
+
+@dataclass(frozen=True)
+class Range:
+    name: str
+    low: int
+    high: int
+
+
+#: the length ranges of each task (docs/lengthgen.md, "Metric"); training maxima 16 (copy,
+#: reverse) and 22 actions (SCAN's length split)
+RANGES: Dict[str, Tuple[Range, ...]] = {
+    "copy": (Range("in-distribution", 1, 16), Range("1-2x", 17, 32), Range("2-4x", 33, 64)),
+    "reverse": (Range("in-distribution", 1, 16), Range("1-2x", 17, 32), Range("2-4x", 33, 64)),
+    "scan": (Range("test split", 24, 48),),
+}
+TRAIN_MAX = {"copy": 16, "reverse": 16, "scan": 22}
+
+
+@dataclass
+class StudyRun:
+    task: str
+    arm: str
+    seed: int
+    lengths: np.ndarray  # [n] reference length of each test example
+    correct: np.ndarray  # [n] bool: exact match
+    short: np.ndarray  # [n] bool: output shorter than SHORT x its reference
+    path: str
+
+
+def study_runs(runs: Sequence[Run], study: str = "lengthgen_synthetic") -> Tuple[List[StudyRun], List[str]]:
+    """The study's finished runs with their per-example outcomes, and one line per run left out."""
+    out, skipped = [], []
+    for r in runs:
+        if str(r.config.get("study")) != study or not r.complete:
+            continue
+        task, arm = str((r.config.get("data") or {}).get("name")), r.config.get("arm")
+        hyps, refs = r.files.get("test.greedy"), r.files.get("test.ref")
+        if arm is None or hyps is None or refs is None or len(hyps) != len(refs):
+            skipped.append(f"{r.path}: no arm or no whole hyps/test.greedy.txt + test.ref.txt")
+            continue
+        lengths = np.array([len(ref.split()) for ref in refs])
+        correct = np.array([h.split() == ref.split() for h, ref in zip(hyps, refs)])
+        short = np.array([len(h.split()) < SHORT * len(ref.split()) for h, ref in zip(hyps, refs)])
+        out.append(StudyRun(task, str(arm), int(r.seed), lengths, correct, short, r.path))
+    return sorted(out, key=lambda s: (s.task, s.arm, s.seed)), skipped
+
+
+def _em(run: StudyRun, rng: Range) -> float:
+    sel = (run.lengths >= rng.low) & (run.lengths <= rng.high)
+    return float(100.0 * run.correct[sel].mean()) if sel.any() else float("nan")
+
+
+def two_level_bootstrap(arm: Sequence[StudyRun], base: Sequence[StudyRun], rng: Range, n_samples: int = N_BOOTSTRAP,
+                        seed: int = 12345) -> Dict[str, Any]:
+    """Paired delta of exact match (arm − baseline, points) over the examples of ``rng``: resample
+    the seeds of each side, then the test examples (the same draw for both sides: they share the
+    test set), and take the difference of the seed-mean exact matches. 95 % percentile interval;
+    p: two-sided, the resampled deltas shifted to mean 0 (floor 1/(n_samples + 1))."""
+    sel = (arm[0].lengths >= rng.low) & (arm[0].lengths <= rng.high)
+    a = np.stack([r.correct[sel] for r in arm]).astype(float)  # [seeds, n]
+    b = np.stack([r.correct[sel] for r in base]).astype(float)
+    n = a.shape[1]
+    gen = np.random.default_rng(seed)
+    deltas = np.empty(n_samples)
+    for i in range(n_samples):
+        sa, sb = gen.integers(0, len(a), len(a)), gen.integers(0, len(b), len(b))
+        ex = gen.integers(0, n, n)
+        deltas[i] = 100.0 * (a[sa][:, ex].mean() - b[sb][:, ex].mean())
+    observed = 100.0 * (a.mean() - b.mean())
+    p = (np.sum(np.abs(deltas - deltas.mean()) >= abs(observed)) + 1) / (n_samples + 1)
+    return {"diff": float(observed), "ci_low": float(np.percentile(deltas, 2.5)),
+            "ci_high": float(np.percentile(deltas, 97.5)), "p": float(p), "samples": n_samples,
+            "seeds": [len(a), len(b)], "examples": int(n)}
+
+
+def summarize(runs: Sequence[StudyRun], n_bootstrap: int = N_BOOTSTRAP) -> Dict[str, Any]:
+    """Per task: per arm and range the seeds' exact match (mean, 95 % t interval, solved
+    fraction), per arm the paired deltas against the baseline (Holm over the arms of the task
+    and range), and the per-length curves for the plots."""
+    tasks: Dict[str, Any] = {}
+    for task in sorted({r.task for r in runs}):
+        mine = [r for r in runs if r.task == task]
+        arms = sorted({r.arm for r in mine}, key=lambda a: (a != BASELINE, a))
+        by_arm = {a: [r for r in mine if r.arm == a] for a in arms}
+        ranges = RANGES.get(task, (Range("all", 0, 10 ** 6),))
+        entry: Dict[str, Any] = {"task": task, "train_max": TRAIN_MAX.get(task), "ranges": [rg.name for rg in ranges],
+                                 "arms": {}, "lengths": sorted({int(x) for r in mine for x in r.lengths})}
+        for a in arms:
+            per_range = {}
+            for rg in ranges:
+                values = [_em(r, rg) for r in by_arm[a]]
+                per_range[rg.name] = {**mean_ci(values), "solved": sum(v >= SOLVED for v in values),
+                                      "seeds": len(values), "values": values}
+            curve = {}
+            for length in entry["lengths"]:
+                values = [_em(r, Range("", length, length)) for r in by_arm[a]]
+                curve[length] = mean_ci(values)
+            entry["arms"][a] = {"seeds": [r.seed for r in by_arm[a]], "ranges": per_range, "curve": curve,
+                                "vs_baseline": {}}
+        if BASELINE in by_arm:
+            for rg in ranges:
+                others = [a for a in arms if a != BASELINE]
+                tests = [two_level_bootstrap(by_arm[a], by_arm[BASELINE], rg, n_bootstrap) for a in others]
+                for a, t, p_adj in zip(others, tests, holm([t["p"] for t in tests])):
+                    t["p_holm"] = p_adj
+                    entry["arms"][a]["vs_baseline"][rg.name] = t
+        entry["short_share"] = {a: _short_share(by_arm[a], ranges[1] if len(ranges) > 1 else None)
+                                for a in ("sinusoidal", "rope") if a in by_arm}
+        tasks[task] = entry
+    result = {"tasks": tasks, "n_bootstrap": n_bootstrap}
+    result["hypotheses"] = hypotheses(result)
+    return result
+
+
+def _short_share(runs: Sequence[StudyRun], rng: Optional[Range]) -> Dict[str, Any]:
+    """H3: per seed, the share of the wrong outputs at 1-2x length that are shorter than 0.7x
+    their reference (seeds without a wrong output there do not count)."""
+    if rng is None:
+        return mean_ci([])
+    values = []
+    for r in runs:
+        wrong = (r.lengths >= rng.low) & (r.lengths <= rng.high) & ~r.correct
+        if wrong.any():
+            values.append(float(r.short[wrong].mean()))
+    return mean_ci(values)
+
+
+def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """H1-H4 on the synthetic tasks by docs/lengthgen.md's rules; an arm or task without runs (or
+    with one seed where an interval over seeds is needed) leaves the hypothesis undecided and
+    says what is missing."""
+    tasks = result["tasks"]
+    out = []
+    # H1: copy and reverse at 1-2x; per arm supported / refuted / undecided from the paired interval.
+    per_arm, missing = {}, []
+    for arm in H1_ARMS:
+        verdicts = []
+        for task in ("copy", "reverse"):
+            t = (tasks.get(task, {}).get("arms", {}).get(arm, {}).get("vs_baseline", {}) or {}).get("1-2x")
+            if t is None or min(t["seeds"]) < MIN_SEEDS:
+                missing.append(f"{task}/{arm}" + ("" if t is None else f" ({min(t['seeds'])} of {MIN_SEEDS} seeds)"))
+                verdicts.append("undecided")
+                continue
+            lo, hi = t["ci_low"], t["ci_high"]
+            verdicts.append("supported" if lo > H1_MARGIN and t["p_holm"] < 0.05 else
+                            "refuted" if hi < 0 else "undecided")
+        per_arm[arm] = ("supported" if all(v == "supported" for v in verdicts) else
+                        "refuted" if any(v == "refuted" for v in verdicts) else "undecided")
+    supported = sum(v == "supported" for v in per_arm.values())
+    refuted = [a for a, v in per_arm.items() if v == "refuted"]
+    h1 = "supported" if supported > len(H1_ARMS) / 2 and not refuted else "refuted" if refuted else "undecided"
+    if missing and h1 != "refuted":
+        h1 = "undecided"
+    out.append({"key": "H1", "text": "decaying biases and T5 extrapolate (copy and reverse, 1-2x)", "verdict": h1,
+                "arms": per_arm, "missing": missing})
+    # H2: reverse in distribution, every decaying arm's paired interval above -5.
+    rev = tasks.get("reverse", {}).get("arms", {})
+    lows = {a: (rev.get(a, {}).get("vs_baseline", {}).get("in-distribution") or {}) for a in DECAYING}
+    lows = {a: t if t and min(t["seeds"]) >= MIN_SEEDS else {} for a, t in lows.items()}
+    absent = [a for a, t in lows.items() if not t]
+    if any(t and t["ci_high"] < H2_MARGIN for t in lows.values()):
+        h2 = "refuted"
+    elif not absent and all(t["ci_low"] > H2_MARGIN for t in lows.values()):
+        h2 = "supported"
+    else:
+        h2 = "undecided"
+    out.append({"key": "H2", "text": "encoder-side decay does not hurt reverse in distribution", "verdict": h2,
+                "missing": [f"reverse/{a}" for a in absent]})
+    # H3: sinusoidal and rope's wrong outputs at 1-2x end early (share of short outputs > 0.5).
+    shares, h3_parts = {}, []
+    for task in ("copy", "reverse"):
+        for arm, stat in tasks.get(task, {}).get("short_share", {}).items():
+            shares[f"{task}/{arm}"] = stat
+            if stat.get("n", 0) < MIN_SEEDS:
+                h3_parts.append("undecided")
+                continue
+            h3_parts.append("supported" if stat.get("ci_low") is not None and stat["ci_low"] > 0.5 else
+                            "refuted" if stat.get("ci_high") is not None and stat["ci_high"] < 0.5 else "undecided")
+    h3 = ("supported" if h3_parts and all(v == "supported" for v in h3_parts) and len(h3_parts) == 4 else
+          "refuted" if any(v == "refuted" for v in h3_parts) else "undecided")
+    out.append({"key": "H3", "text": "absolute positions fail by ending early", "verdict": h3, "shares": shares})
+    # H4: nope's in-distribution exact match on reverse below 10 %.
+    nope = rev.get("nope", {}).get("ranges", {}).get("in-distribution")
+    h4 = "undecided"
+    if nope and nope.get("ci_high") is not None and nope["seeds"] >= MIN_SEEDS:
+        h4 = "supported" if nope["ci_high"] < 10.0 else "refuted" if nope["ci_low"] >= 10.0 else "undecided"
+    out.append({"key": "H4", "text": "no positions solve neither copy nor reverse", "verdict": h4,
+                "missing": [] if nope else ["reverse/nope"]})
+    return out
+
+
+def _f(x: Optional[float], spec: str = ".1f") -> str:
+    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+
+
+def _p(p: Optional[float], floor: float) -> str:
+    if p is None:
+        return "–"
+    return f"≤{floor:.2g}" if p <= floor * (1 + 1e-9) else f"{p:.2g}"
+
+
+def _eq(p: str) -> str:
+    return p if p.startswith("≤") else f"={p}"
+
+
+def to_markdown(result: Dict[str, Any]) -> str:
+    out = ["# Length generalization in an encoder-decoder (synthetic tasks)", "",
+           "Written by `python -m agf_exp.report lengthgen`; protocol, hypotheses and verdict rules: "
+           "docs/lengthgen.md (written before the runs). Exact match (EM, %) of greedy outputs decoded with the "
+           f"last weights; per arm the mean over seeds with its 95% t interval and the seeds that solve (EM ≥ "
+           f"{SOLVED:g} %); Δ: paired difference to `{BASELINE}` with a two-level bootstrap (seeds, then test "
+           f"examples; {result['n_bootstrap']} resamples), its 95% interval and p, Holm-adjusted over the arms of "
+           f"the task and range. Intervals over seeds need 2 seeds per arm (with one only the examples vary); no "
+           f"verdict rests on fewer than the protocol's {MIN_SEEDS} seeds per arm.", ""]
+    for task, entry in result["tasks"].items():
+        n_runs = sum(len(a["seeds"]) for a in entry["arms"].values())
+        out += [f"## {task} (training maximum {entry['train_max']}; {len(entry['arms'])} arms, {n_runs} runs)", ""]
+        head = "| arm | seeds | " + " | ".join(f"EM {r} [95%] (solved)" for r in entry["ranges"])
+        head += " | " + " | ".join(f"Δ {r} [95%], p (Holm)" for r in entry["ranges"]) + " |"
+        out += [head, "|---|---|" + "---|" * (2 * len(entry["ranges"]))]
+        for arm, a in entry["arms"].items():
+            cells = []
+            for r in entry["ranges"]:
+                s = a["ranges"][r]
+                ci = "" if s["ci_low"] is None else f" [{_f(s['ci_low'])}, {_f(s['ci_high'])}]"
+                cells.append(f"{_f(s['mean'])}{ci} ({s['solved']}/{s['seeds']})")
+            for r in entry["ranges"]:
+                t = a["vs_baseline"].get(r)
+                cells.append("–" if not t else f"{t['diff']:+.1f} [{t['ci_low']:+.1f}, {t['ci_high']:+.1f}], "
+                             f"p{_eq(_p(t['p'], 1 / (t['samples'] + 1)))} ({_p(t['p_holm'], 1 / (t['samples'] + 1))})")
+            out.append(f"| `{arm}` | {', '.join(map(str, a['seeds']))} | " + " | ".join(cells) + " |")
+        out += ["", f"![{task}: exact match by length](lengthgen_{task}.png)", ""]
+    out += ["## Hypotheses (docs/lengthgen.md)", "", "| hypothesis | verdict | detail |", "|---|---|---|"]
+    for h in result["hypotheses"]:
+        detail = ""
+        if h["key"] == "H1":
+            detail = ", ".join(f"`{a}` {v}" for a, v in h["arms"].items())
+        if h.get("shares"):
+            detail = ", ".join(f"{k}: {_f(s.get('mean'), '.2f')}" for k, s in h["shares"].items())
+        if h.get("missing"):
+            detail += ("; " if detail else "") + "too few runs yet: " + ", ".join(h["missing"])
+        out.append(f"| {h['key']}: {h['text']} | **{h['verdict']}** | {detail or '–'} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def plot(result: Dict[str, Any], out_dir) -> List[Any]:
+    """Per task: EM against length, one line per arm with its 95 % band over seeds (where there
+    are 2 or more), the training maximum marked; and the arm × length heat map of mean EM."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for task, entry in result["tasks"].items():
+        fig, (ax, hm) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.2, 1]})
+        lengths = entry["lengths"]
+        grid = []
+        for arm, a in entry["arms"].items():
+            means = [a["curve"][n]["mean"] for n in lengths]
+            ax.plot(lengths, means, label=arm, linewidth=1.2)
+            lo = [a["curve"][n]["ci_low"] for n in lengths]
+            if all(x is not None for x in lo):
+                ax.fill_between(lengths, lo, [a["curve"][n]["ci_high"] for n in lengths], alpha=0.15)
+            grid.append(means)
+        if entry["train_max"]:
+            ax.axvline(entry["train_max"] + 0.5, color="black", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("target length")
+        ax.set_ylabel("exact match (%)")
+        ax.set_title(f"{task}: exact match by length (training maximum dashed)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        im = hm.imshow(np.array(grid, dtype=float), aspect="auto", vmin=0, vmax=100, cmap="viridis",
+                       extent=(lengths[0] - 0.5, lengths[-1] + 0.5, len(grid) - 0.5, -0.5))
+        hm.set_yticks(range(len(grid)))
+        hm.set_yticklabels(list(entry["arms"]), fontsize=7)
+        hm.set_xlabel("target length")
+        hm.set_title("mean exact match (%)")
+        fig.colorbar(im, ax=hm)
+        fig.tight_layout()
+        path = out_dir / f"lengthgen_{task}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
