@@ -27,7 +27,8 @@ from .atomic import append_line, atomic_write_bytes
 from .config import ConfigError, config_diff, to_container
 from .data import DataBundle, collate, make_batches, prepare_data
 from .data.tokenizer import PAD
-from .devices import Precision, autocast, cpu_bf16_units, cpu_precision_problem, describe_precision, resolve_device, tune_cpu_allocator
+from .devices import (Precision, autocast, cpu_bf16_units, cpu_precision_problem, describe_precision, resolve_device,
+                      tune_cpu_allocator)
 from .distributed import Dist
 from .evaluation import evaluate_split, smoothed_loss
 from .fused_loss import linear_cross_entropy

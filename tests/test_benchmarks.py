@@ -148,3 +148,15 @@ def test_peer_decode_only_needs_a_finished_benchmark(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'none' / 'peer.json'} does not exist: --decode-only needs a finished benchmark in --out"]
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.slow
+def test_precision_benchmark_prints_every_variant_as_a_ratio_to_fp32():
+    proc = subprocess.run([sys.executable, "benchmarks/precision.py", "--rounds", "1", "--steps", "1", "--warmup", "1",
+                           "--decode-sentences", "2", "--modes", "none", "--variants", "fp32", "bf16 (trainer)"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| none |")]
+    assert [r[1] for r in rows] == ["fp32", "bf16 (trainer)"]
+    assert rows[0][3] == "1.00" and float(rows[1][3]) > 0  # update tokens/s as a ratio to fp32 of the same round
+    assert "bf16 matmul peak" in proc.stdout and "failed" not in proc.stdout

@@ -151,12 +151,17 @@ def test_decay_verdict_per_family_counts_decided_profiles():
 def test_p_and_s_are_na_where_they_cannot_vary_and_never_printed_as_constant_data():
     mk = lambda t, P, S: heads.HeadScores(f"m.{t}", t, 0, 0, P, S, 0.2, 0.1, 10)  # noqa: E731
     scores = [mk("enc", 0.3, 0.5), mk("dec", 0.2, 0.6), mk("cross", 0.0, 1.0)]
-    text = heads.to_markdown(scores, pe=False)
+    text = heads.to_markdown(scores, pe=False, positional=("enc", "dec"))
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| m.")]
     assert [r[2:4] for r in rows] == [["0.300", "0.500"], ["0.200", "0.600"], ["n/a", "n/a"]]
-    assert "n/a where the module has no positional term" in text
-    pe_text = heads.to_markdown(scores, pe=True)
-    assert all(line.split(" | ")[2:4] == ["n/a", "n/a"] for line in pe_text.splitlines() if line.startswith("| m."))
+    assert "n/a in the modules without a positional term (the mode applies to enc, dec)" in text
+    # vanilla: no module has a positional term, the PE is content
+    vanilla = heads.to_markdown(scores, pe=True, positional=())
+    assert all(line.split(" | ")[2:4] == ["n/a", "n/a"] for line in vanilla.splitlines() if line.startswith("| m."))
+    assert "the model's only position is the absolute PE" in vanilla and "read η_pos" not in vanilla
+    # a relative mode with PE (AGF-M + SCO + PE) keeps its relative term: P and S are data there
+    with_pe = heads.to_markdown(scores, pe=True, positional=("enc", "dec"))
+    assert [line.split(" | ")[2] for line in with_pe.splitlines() if line.startswith("| m.")] == ["0.300", "0.200", "n/a"]
     # a mode applied to cross-attention too: its P and S are data
     assert "n/a" not in heads.to_markdown(scores, pe=False, positional=("enc", "dec", "cross"))
 

@@ -327,13 +327,12 @@ def _f(x: float) -> str:
     return f"{0.0 if abs(x) < 5e-4 else x:.3f}"  # no "-0.000"
 
 
-def ps_undefined(score: HeadScores, pe: bool, positional_types: Sequence[str] = ("enc", "dec")) -> Optional[str]:
+def ps_undefined(score: HeadScores, positional_types: Sequence[str]) -> Optional[str]:
     """Why P and S cannot vary for this head (None when they can): the permutation moves key
-    contents among positions, so with the absolute PE inside the contents (``pe``) or in a module
-    without a positional term (cross-attention unless the mode's ``apply_to`` names it) the
-    positions move with them or play no part: P is 0 and S is 1 by construction."""
-    if pe:
-        return "PE model"
+    contents among positions while every positional term stays where it is, so in a module
+    without a positional term (every module of a model whose only position is the absolute PE
+    inside the contents; cross-attention unless the mode's ``apply_to`` names it) nothing can
+    tell the moved contents apart: P is 0 and S is 1 by construction."""
     if score.attn_type not in positional_types:
         return "no positional term"
     return None
@@ -343,31 +342,34 @@ def positional_types(model) -> List[str]:
     """The attention types (enc / dec / cross) whose modules in ``model`` have a positional mode."""
     from ..attention import MultiHeadAttention
 
-    return sorted({m.attn_type.value for m in model.modules() if isinstance(m, MultiHeadAttention) and m.pos is not None})
+    found = {m.attn_type.value for m in model.modules() if isinstance(m, MultiHeadAttention) and m.pos is not None}
+    return [t for t in ("enc", "dec", "cross") if t in found]
 
 
 def to_markdown(scores: Sequence[HeadScores], pe: bool = False, positional: Sequence[str] = ("enc", "dec")) -> str:
+    """The per-head table; ``positional``: the attention types whose modules have a positional
+    term (P and S are n/a elsewhere)."""
     lines = ["| module | head | P (permutation) | S (permutation) | η_pos | η_sym | dominant (η) |",
              "|---|---|---|---|---|---|---|"]
-    undefined = set()
+    undefined = False
     for s in scores:
-        why = ps_undefined(s, pe, positional)
-        if why:
-            undefined.add(why)
+        why = ps_undefined(s, positional)
+        undefined = undefined or why is not None
         p_text, s_text = ("n/a", "n/a") if why else (_f(s.P), _f(s.S))
         lines.append(f"| {s.module} | {s.head} | {p_text} | {s_text} | {_f(s.eta_pos)} | {_f(s.eta_sym)} | "
                      f"{s.dominant} |")
     counts = {k: sum(s.dominant == k for s in scores) for k in ("positional", "symbolic", "mixed")}
     lines += ["", f"Heads by η: {counts['positional']} positional, {counts['symbolic']} symbolic, "
                   f"{counts['mixed']} mixed (of {len(scores)})."]
-    if pe:
-        lines.append("This model adds an absolute positional encoding (pe=true): the permutation of key contents "
-                     "carries the position inside q and k with them, so P and S cannot vary (P = 0, S = 1 by "
-                     "construction) and are n/a; read η_pos and η_sym.")
-    elif undefined:
-        lines.append("P and S are n/a where the module has no positional term (here cross-attention: the mode's "
-                     "apply_to names " + ", ".join(positional) + "): a permutation of key contents cannot change a "
-                     "positional term there (P = 0, S = 1 by construction).")
+    if undefined:
+        where = ("in every module: the model's only position is the absolute PE inside the contents"
+                 if not positional else "in the modules without a positional term (the mode applies to "
+                 + ", ".join(positional) + ")")
+        lines.append(f"P and S are n/a {where}: the permutation moves key contents and keeps positional terms in "
+                     "place, so without one nothing tells the moved contents apart (P = 0, S = 1 by construction).")
+    if pe and positional:
+        lines.append("This model adds an absolute positional encoding (pe=true): P and S count the position inside "
+                     "q and k as content, so read η_pos and η_sym.")
     return "\n".join(lines) + "\n"
 
 

@@ -328,8 +328,10 @@ def attention_evidence(by_row: Dict[str, List[Any]]) -> Dict[str, Any]:
             fits, heads = decay_fits(run.path), _analysis(run.path, "heads")
             if fits is None and heads is None:
                 continue
+            pos = run.config.get("pos") or {}
+            applies = [] if pos.get("name", "none") == "none" else (pos.get("apply_to") or ["enc", "dec"])
             entry: Dict[str, Any] = {"row": row, "seed": run.seed, "run": run.path,
-                                     "apply_to": list((run.config.get("pos") or {}).get("apply_to") or ["enc", "dec"])}
+                                     "positional_types": [t for t in ("enc", "dec", "cross") if t in applies]}
             if fits is not None:
                 mine = {form: sum(f.better == form for f in fits) for form in ("power", "exponential", "neither")}
                 mine["degenerate"] = sum(bool(f.power["degenerate"]) for f in fits)
@@ -566,7 +568,7 @@ def analysis_appendix(result: Dict[str, Any]) -> str:
         h, fits = _analysis(m["run"], "heads"), decay_fits(m["run"])
         if h is not None:
             scores = [heads.HeadScores(**{k: v for k, v in x.items() if k != "dominant"}) for x in h["heads"]]
-            positional = h.get("positional_types") or m.get("apply_to") or ["enc", "dec"]
+            positional = h.get("positional_types", m.get("positional_types", ["enc", "dec"]))
             out += ["Positional vs symbolic heads (`analyze heads`):", "",
                     heads.to_markdown(scores, pe=h.get("pe", False), positional=positional)]
         if fits is not None:
