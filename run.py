@@ -41,7 +41,7 @@ from agf_exp.devices import DeviceError  # noqa: E402
 from agf_exp.preemption import Preempted, stop_now  # noqa: E402
 from agf_exp.rundir import train  # noqa: E402
 from agf_exp.runfiles import RunFileError  # noqa: E402
-from agf_exp.runlock import CheckRunDir, RunDirLocked, note_refused, remove_if_created  # noqa: E402
+from agf_exp.runlock import CheckRunDir, RunDirLocked, note_refused, note_skipped, remove_if_created  # noqa: E402
 from agf_exp.training import TrainingError  # noqa: E402
 
 signal.signal(signal.SIGINT, stop_now)
@@ -126,6 +126,11 @@ def main(cfg: DictConfig) -> float:
         where = f" (log: {run_dir / 'run.log'})" if start_log.file is not None else ""
         start_log.error(f"{type(e).__name__}: {e}")
         _fail(f"{type(e).__name__}: {e}{where}", run_dir)
+        if sweep and isinstance(e, ConfigError) and start_log.file is None:
+            # an invalid cell of a sweep (refused before it started): the other cells run, and the
+            # sweep ends naming the skipped ones and exiting 2
+            note_skipped(Path(hc.sweep.dir), run_dir, str(e))
+            return math.nan
         sys.exit(2)
     finally:
         start_log.close()

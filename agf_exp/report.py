@@ -14,8 +14,9 @@ confidence interval and n; its difference to the table's baseline row (ours and 
 test BLEU (sacreBLEU, beam when decoded) as mean ± std; and a paired bootstrap over test
 sentences of the BLEU difference to the baseline.
 
-The statistics are defined in :mod:`agf_exp.results.stats` (the paired bootstrap: Koehn 2004,
-sacreBLEU's ``paired-bs``), the claims' verdict rules in :mod:`agf_exp.results.claims`.
+The statistics are defined in :mod:`agf_exp.results.stats` (the paired bootstrap: Koehn 2004's
+resampling with a shifted-null two-sided p; not sacreBLEU's ``paired-bs`` p), the claims' verdict
+rules in :mod:`agf_exp.results.claims`.
 
 Runs are the run dirs below ``--runs`` (a dir with ``config.yaml`` written by the trainer). A run
 belongs to a row through its ``row`` config value, or, for runs started without ``row=``, through

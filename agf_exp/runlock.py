@@ -150,6 +150,17 @@ except ImportError:  # pragma: no cover (hydra-core is a dependency; the callbac
 
 
 REFUSED_FILE = ".refused-jobs"  # in a sweep dir while it runs: one line per job refused by a held lock
+SKIPPED_FILE = ".skipped-jobs"  # in a sweep dir while it runs: one line per job whose config was refused
+
+
+def note_skipped(sweep_dir: Path, run_dir: Path, reason: str) -> None:
+    """Record that a sweep job's config was refused before it started (an invalid cell of a
+    factorial sweep, e.g. ``pos=none pcmv=true``): the other jobs run, and the sweep ends naming
+    the skipped cells and exiting 2 (:class:`CheckRunDir`). One O_APPEND write per job."""
+    path = Path(sweep_dir) / SKIPPED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{run_dir}\t{' '.join(reason.split())}\n")
 
 
 def note_refused(sweep_dir: Path, run_dir: Path) -> None:
@@ -186,18 +197,29 @@ class CheckRunDir(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self._check(config, config.hydra.sweep.dir)
-        stale = Path(config.hydra.sweep.dir) / REFUSED_FILE
-        if stale.is_file():
-            stale.unlink()
+        for name in (REFUSED_FILE, SKIPPED_FILE):
+            stale = Path(config.hydra.sweep.dir) / name
+            if stale.is_file():
+                stale.unlink()
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        path = Path(config.hydra.sweep.dir) / REFUSED_FILE
-        if not path.is_file():
-            return
-        refused = [line for line in path.read_text().splitlines() if line]
-        path.unlink()
-        print(f"RunDirLocked: {len(refused)} job(s) of this sweep were refused and not run, their run dirs held by "
-              f"another process ({', '.join(refused[:3])}{', ...' if len(refused) > 3 else ''}); run the sweep "
-              "again when that process has finished (finished jobs are skipped)", file=sys.stderr)
-        sys.exit(3)
+        """The sweep ends saying which jobs did not run: exit 3 when a run dir was held by another
+        process, else 2 when a cell's config was refused (the other jobs ran either way)."""
+        refused, skipped = [], []
+        for name, into in ((REFUSED_FILE, refused), (SKIPPED_FILE, skipped)):
+            path = Path(config.hydra.sweep.dir) / name
+            if path.is_file():
+                into.extend(line for line in path.read_text().splitlines() if line)
+                path.unlink()
+        if skipped:
+            dirs = [line.split("\t")[0] for line in skipped]
+            print(f"ConfigError: {len(skipped)} job(s) of this sweep were skipped, their configs refused "
+                  f"({', '.join(dirs[:3])}{', ...' if len(dirs) > 3 else ''}; each job's reason is above); the "
+                  "other jobs ran", file=sys.stderr)
+        if refused:
+            print(f"RunDirLocked: {len(refused)} job(s) of this sweep were refused and not run, their run dirs held by "
+                  f"another process ({', '.join(refused[:3])}{', ...' if len(refused) > 3 else ''}); run the sweep "
+                  "again when that process has finished (finished jobs are skipped)", file=sys.stderr)
+        if refused or skipped:
+            sys.exit(3 if refused else 2)
 

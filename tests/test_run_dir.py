@@ -117,6 +117,22 @@ def test_a_sweep_reports_a_held_run_dir_and_runs_its_other_jobs(tmp_path):
     assert json.loads((sweep / "job1" / "summary.json").read_text())["status"] == "complete"
 
 
+def test_a_factorial_sweep_skips_its_invalid_cell_and_runs_the_others(tmp_path):
+    """`-m pos=none,agf pcmv=true`: pos=none has no PCM-V, so that cell is refused with its one
+    line and skipped; the agf cell trains; the sweep ends naming the skipped cell, exit 2."""
+    sweep = tmp_path / "sweep"
+    proc = run_py("-m", *SMOKE, "trainer.decode_splits=[]", "pos=none,agf", "pcmv=true", f"hydra.sweep.dir={sweep}",
+                  "hydra.sweep.subdir=job${hydra.job.num}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert any(line.startswith("ConfigError: pcmv=true is not defined for pos=none") for line in lines)
+    assert lines[-1].startswith("ConfigError: 1 job(s) of this sweep were skipped, their configs refused")
+    assert "job0" in lines[-1] and "Traceback" not in proc.stderr
+    assert not (sweep / "job0").exists()
+    assert json.loads((sweep / "job1" / "summary.json").read_text())["status"] == "complete"
+    assert not (sweep / ".skipped-jobs").exists()
+
+
 # ---- 2. a refused or failed start touches nothing ----------------------------------------------
 
 

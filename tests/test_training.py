@@ -63,6 +63,9 @@ def interrupted_run(monkeypatch, cfg, run_dir, step: int) -> None:
     """Train ``cfg`` into ``run_dir`` until a Ctrl-C in the middle of update ``step + 1``: the
     update is finished, then saved (last.pt holds step + 1), and the run stops with exit 130."""
     original = Trainer._update
+    # a shell's background job without job control ignores SIGINT, and the trainer (like Python)
+    # then leaves it ignored: the test gives itself Python's own handler while it interrupts
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def interrupt(self, examples, group):
         if self.state.step == step:
@@ -70,8 +73,11 @@ def interrupted_run(monkeypatch, cfg, run_dir, step: int) -> None:
         return original(self, examples, group)
 
     monkeypatch.setattr(Trainer, "_update", interrupt)
-    with pytest.raises(Preempted, match=rf"stopped by Ctrl-C \(SIGINT\) after saving last.pt at step {step + 1}") as e:
-        train(cfg, run_dir)
+    try:
+        with pytest.raises(Preempted, match=rf"stopped by Ctrl-C \(SIGINT\) after saving last.pt at step {step + 1}") as e:
+            train(cfg, run_dir)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert e.value.code == 130
     monkeypatch.setattr(Trainer, "_update", original)
 

@@ -47,8 +47,10 @@ def to_markdown(result: Dict[str, Any]) -> str:
     else:
         base = result["baseline"]
         out += [f"Experiment: `{result['experiment']}`. Runs: {sum(len(r['seeds']) for r in result['rows'])}.", "",
-                f"Metric: final validation accuracy (%, teacher-forced). Δ: difference to `{base}`. "
-                "BLEU: sacreBLEU on the decoded test set; bootstrap: paired, over test sentences, vs the baseline.", "",
+                f"Metric: final validation accuracy (%, teacher-forced, the weights after the last epoch). Δ: "
+                f"difference to `{base}`. BLEU: sacreBLEU on the test set decoded from each run's decoded checkpoint "
+                "(best.pt, the epoch of the highest validation accuracy, unless trainer.decode_checkpoint=last; see "
+                "Provenance); bootstrap: paired, over test sentences, vs the baseline.", "",
                 "| row | paper | Δ paper | ours (mean ± std) | 95% CI | n | Δ ours | test BLEU | ΔBLEU [95% CI], p |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for r in result["rows"]:

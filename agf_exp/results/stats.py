@@ -2,13 +2,14 @@
 intervals of a difference of means, the seeds a comparison would need, and BLEU from sacreBLEU's
 per-sentence sufficient statistics with a paired bootstrap over test sentences.
 
-Paired bootstrap (our implementation, following Koehn 2004 and sacreBLEU's ``paired-bs``): the
+Paired bootstrap (our implementation of Koehn 2004's resampling; not sacreBLEU's ``paired-bs``
+test, whose p compares each resample with the baseline and gives other values): the
 test sentences are resampled with replacement (default 1000 times, fixed seed); on each resample
 a system's BLEU is recomputed from its per-sentence sufficient statistics (sacreBLEU's own, so the
 full-set value equals the logged BLEU) and averaged over the system's seeds; the difference
-row - baseline gives a 95% percentile interval, and the two-sided p-value is the share of
-resampled differences at least as far from their mean as the observed difference is from 0
-(sacreBLEU's convention), with the +1 correction. It measures test-set sampling noise; seed noise
+row - baseline gives a 95% percentile interval, and the two-sided p-value is the textbook
+shifted-null test: the share of resampled differences at least as far from their mean as the
+observed difference is from 0, with the +1 correction (so it cannot go below 1/(resamples + 1)). It measures test-set sampling noise; seed noise
 is in the mean's interval."""
 from __future__ import annotations
 
