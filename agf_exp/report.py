@@ -111,7 +111,7 @@ def speed_section(runs: List[Run], experiment: Optional[str], out_dir: Path) -> 
     result = learning_speed.learning_speed(by_row, learning_speed.rows_pe(runs))
     (out_dir / "learning_speed.json").write_text(to_json(result))
     if result["rows"]:
-        learning_speed.plot(result, by_row, labels, out_dir / "curves" / "learning_speed.png")
+        learning_speed.plot(by_row, labels, out_dir / "curves" / "learning_speed.png")
     return learning_speed.to_markdown(result, labels)
 
 
@@ -139,6 +139,17 @@ def _lengthgen(args) -> int:
     (args.out.parent / "lengthgen.json").write_text(to_json(result))
     lengthgen.plot(result, args.out.parent)
     print(f"wrote {args.out}")
+    return 0
+
+
+def _emit(text: str, out: Optional[Path]) -> int:
+    """``text`` into ``out`` (its folder made), or onto stdout without one."""
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
     return 0
 
 
@@ -183,14 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ReportError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        text = parity_markdown(result)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
-            print(f"wrote {args.out}")
-        else:
-            sys.stdout.write(text)
-        return 0
+        return _emit(parity_markdown(result), args.out)
     if args.table == "lengthgen":
         return _lengthgen(args)
     if args.export:
@@ -224,14 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ReportError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
-    text = {"md": to_markdown, "csv": to_csv, "json": to_json}[args.format](result)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        print(f"wrote {args.out}")
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit({"md": to_markdown, "csv": to_csv, "json": to_json}[args.format](result), args.out)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
+from .plots import plot_curves
 from .runs import Run
 from .stats import mean_ci, welch_ci
 
@@ -153,35 +154,14 @@ def to_markdown(result: Dict[str, Any], labels: Dict[str, str]) -> List[str]:
     return out
 
 
-def plot(result: Dict[str, Any], by_row: Dict[str, List[Run]], labels: Dict[str, str], path,
+def plot(by_row: Dict[str, List[Run]], labels: Dict[str, str], path,
          rows: Sequence[str] = ("vanilla", "agf_m_pcmv", "alibi_bl", "agf_m_sco_pe")):
     """Mean val-acc curves with their 95 % t bands for vanilla and the rows that separate the
     explanations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for row in rows:
-        cs = [_curve(r) for r in by_row.get(row, []) if r.complete]
-        if not cs:
-            continue
-        xs = sorted(set.intersection(*(set(c) for c in cs)))
-        stats = [mean_ci([c[x] for c in cs]) for x in xs]
-        ax.plot(xs, [s["mean"] for s in stats], marker="o", markersize=3, label=labels.get(row, row))
-        if all(s["ci_low"] is not None for s in stats):
-            ax.fill_between(xs, [s["ci_low"] for s in stats], [s["ci_high"] for s in stats], alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("learning speed: mean over seeds, 95% interval bands")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    series = {labels.get(row, row): [sorted(_curve(r).items()) for r in by_row.get(row, []) if r.complete]
+              for row in rows}
+    return plot_curves({k: v for k, v in series.items() if v}, path, "validation accuracy (%)",
+                       "learning speed: mean over seeds, 95% interval bands", band="ci95")
 
 
 def rows_pe(runs: Sequence[Run]) -> Dict[str, bool]:

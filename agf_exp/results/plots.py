@@ -1,4 +1,5 @@
-"""Learning-curve plots of the report: one line per row (mean over its runs, band = min..max)."""
+"""Learning-curve plots of the report: one line per row (mean over its runs, band = min..max, or
+the 95 % t interval of the mean)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,12 @@ import numpy as np
 from .runs import Run
 
 
-def plot_curves(series: Dict[str, List[List[Tuple[float, float]]]], path: Path, ylabel: str, title: str) -> Path:
-    """One line per label (mean over its runs, band = min..max) of y against epoch."""
+def plot_curves(series: Dict[str, List[List[Tuple[float, float]]]], path: Path, ylabel: str, title: str,
+                band: str = "range") -> Path:
+    """One line per label (mean over its runs) of y against epoch, its band ``range`` (min..max)
+    or ``ci95`` (the 95 % t interval of the mean, :func:`~agf_exp.results.stats.mean_ci`)."""
+    from .stats import mean_ci
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +29,11 @@ def plot_curves(series: Dict[str, List[List[Tuple[float, float]]]], path: Path, 
         ys = [[y for run in runs for x2, y in run if x2 == x] for x in xs]
         ax.plot(xs, [np.mean(v) for v in ys], marker="o", markersize=3, label=label)
         if len(runs) > 1:
-            ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], alpha=0.2)
+            if band == "ci95":
+                stats = [mean_ci(v) for v in ys]
+                ax.fill_between(xs, [st["ci_low"] for st in stats], [st["ci_high"] for st in stats], alpha=0.2)
+            else:
+                ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
