@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import secrets
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class LoggerConfig:
     job_name: Optional[str] = None
     tags: List[str] = field(default_factory=list)
     mode: WandbMode = WandbMode.auto
+    checkpoints: bool = False  # also upload best.pt / last.pt as a `model` artifact (large)
 
 
 @dataclass
@@ -120,7 +122,7 @@ class Config:
     pcmv: bool = False  # PCM-V: scale values by the positional coefficient (PCM-V-Exp for additive modes)
     sco: bool = False  # SCO: logits q.k / ||k|| instead of q.k / sqrt(d)
     pe: bool = "${pos.default_pe}"  # type: ignore[assignment]  # absolute sinusoidal PE; default per mode
-    run_name: str = "${pos.name}"
+    run_name: str = "${agf_variant:${pos.name},${pos.default_pe},${pcmv},${sco},${pe}}"  # what it is (variant_name)
     experiment: str = "custom"  # set by conf/experiment/<name>.yaml; names sweep dirs and W&B tags
     row: Optional[str] = None  # set by conf/row/<row>.yaml: a named row of the paper's tables
     table: Optional[str] = None  # set by a table sweep (sweeps/table/<table>.yaml): the W&B group
@@ -151,6 +153,73 @@ OmegaConf.register_new_resolver("agf_unique", lambda: _UNIQUE, replace=True)
 
 #: the config groups (``conf/``) that run.py, the tools and the benchmarks compose
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@functools.lru_cache(maxsize=None)
+def _row_signatures(conf_dir: str) -> Dict[tuple, str]:
+    out = {}
+    for path in sorted((Path(conf_dir) / "row").glob("*.yaml")):
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        pos = None
+        for entry in node.get("defaults", []):
+            if isinstance(entry, dict):
+                for key, value in entry.items():
+                    if key.replace("override ", "").strip("/ ") == "pos":
+                        pos = value
+        out[(pos, bool(node.get("pcmv")), bool(node.get("sco")), bool(node.get("pe")))] = path.stem
+    return out
+
+
+def row_signatures(conf_dir: Path = CONF_DIR) -> Dict[tuple, str]:
+    """(pos mode, pcmv, sco, pe) -> row name, read from ``conf/row/*.yaml``."""
+    return dict(_row_signatures(str(conf_dir)))
+
+
+def row_of(config: Dict[str, Any], signatures: Optional[Dict[tuple, str]] = None) -> Optional[str]:
+    """The paper row a run is: its ``row`` value, else the row whose mode and toggles it has."""
+    if config.get("row"):
+        return str(config["row"])
+    pos = (config.get("pos") or {}).get("name")
+    signatures = row_signatures() if signatures is None else signatures
+    return signatures.get((pos, bool(config.get("pcmv")), bool(config.get("sco")), bool(config.get("pe"))))
+
+
+def variant_name(pos: str, default_pe: bool, pcmv: bool, sco: bool, pe: bool) -> str:
+    """A readable name of what a run is: the paper row it matches (``conf/row/``), else the mode and
+    the toggles that differ from its defaults, e.g. ``agf_m+sco``, ``alibi+pe``, ``none-pe`` (NoPE)."""
+    row = row_signatures().get((pos, bool(pcmv), bool(sco), bool(pe)))
+    if row:
+        return row
+    name = pos + ("+pcmv" if pcmv else "") + ("+sco" if sco else "")
+    if bool(pe) != bool(default_pe):
+        name += "+pe" if pe else "-pe"
+    return name
+
+
+def _flag(value: Any) -> bool:  # resolver arguments arrive as bools, or as strings when quoted
+    return value if isinstance(value, bool) else str(value).strip().lower() == "true"
+
+
+def user_groups(conf_dir: Path = CONF_DIR) -> Dict[str, List[str]]:
+    """The config groups a user chooses from and their options: ``conf/<group>/*.yaml`` and the
+    sweeps on Hydra's search path (``sweeps/<group>/*.yaml``: table, study), without the typed
+    schemas (``base_*``, in the ConfigStore) and without Hydra's own groups."""
+    groups: Dict[str, List[str]] = {}
+    for base in (conf_dir, conf_dir.parent / "sweeps"):
+        for folder in sorted(p for p in base.iterdir() if p.is_dir() and p.name != "hydra") if base.is_dir() else []:
+            options = sorted(p.stem for p in folder.glob("*.yaml"))
+            if options:
+                groups.setdefault(folder.name, []).extend(options)
+    return dict(sorted(groups.items()))
+
+
+OmegaConf.register_new_resolver(
+    "agf_groups", lambda: "\n".join(f"{g}: {', '.join(o)}" for g, o in user_groups().items()), replace=True)
+
+# ``${agf_variant:...}``: the default run_name (and so the default run dir's name and W&B name)
+OmegaConf.register_new_resolver(
+    "agf_variant", lambda pos, default_pe, pcmv, sco, pe: variant_name(
+        str(pos), _flag(default_pe), _flag(pcmv), _flag(sco), _flag(pe)), replace=True)
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:

@@ -118,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  "(e.g. results/multi30k-small) for the report's tables")
         api = None if args.dry_run else _api()  # no key or no network: one line, before any work
         unreadable: list = []
-        runs = collect_runs(args.runs, unreadable) if args.runs else collect_wandb(f"{entity}/{project}", api=api)
+        runs = collect_runs(args.runs, unreadable) if args.runs else collect_wandb(f"{entity}/{project}", experiment=args.experiment, api=api)
         for line in unreadable:
             print(f"unreadable (not used): {line}", file=sys.stderr)
         views = [build_view(entity, project, t, args.experiment) for t in tables]

@@ -12,6 +12,9 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from .config import row_of
+from .tables import PAPER_ROWS
+
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +36,9 @@ class NullLogger:
     def save_files(self, paths) -> None:
         pass
 
+    def log_artifacts(self, tokenizer: Optional[bytes] = None, tokenizer_sha: Optional[str] = None) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
@@ -46,6 +52,66 @@ def auto_tags(config: Dict[str, Any]) -> list:
     return tags
 
 
+#: evaluation keys the trainer logs (metrics.jsonl's, prefixed) and the summary W&B keeps of each
+EVAL_KEYS = ("eval/val_acc", "eval/val_loss", "eval/val_nll", "eval/val_ppl", "eval/train_loss", "eval/lr",
+             "eval/tokens_per_s", "eval/epoch_fraction")
+EVAL_SUMMARY = {"eval/val_acc": "max", "eval/val_loss": "min", "eval/val_nll": "min", "eval/val_ppl": "min"}
+
+
+def wandb_identity(config: Dict[str, Any], group: Optional[str] = None, name: Optional[str] = None) -> Dict[str, str]:
+    """Where a run sits in W&B, from what it is: group ``<experiment>/<data>/<variant>`` (the seeds of
+    one configuration at one scale on one task), name ``<variant> seed<N>``, job type ``train``.
+    The variant is ``run_name``: the paper row or study arm, else mode + toggles (``agf_m+sco``,
+    :func:`agf_exp.config.variant_name`). ``logger.group`` / ``logger.job_name`` win when set."""
+    variant = str(config.get("run_name") or (config.get("pos") or {}).get("name"))
+    data = (config.get("data") or {}).get("name", "data")
+    return {"group": group or f"{config.get('experiment')}/{data}/{variant}",
+            "name": name or f"{variant} seed{config.get('seed')}", "job_type": "train"}
+
+
+def wandb_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The config a W&B run carries: the resolved run config, with ``row`` filled in from the mode
+    and toggles when the run was started without ``row=`` (so views and reports that filter on
+    ``row`` find hand-started runs; the same rule as the report's, :func:`agf_exp.config.row_of`)."""
+    return {**config, "row": row_of(config)}
+
+
+def summary_metrics(summary: Dict[str, Any], config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The W&B summary of a finished run, from its ``summary.json``: ``final/*`` (the last
+    evaluation), ``best/*`` (the best evaluation by ``trainer.best_metric`` and its epoch),
+    ``<split>/<strategy>/{bleu,chrf,...}`` (the final decoding) with ``decoded_from`` naming the
+    checkpoint those scores come from, the parameter counts, and ``paper/val_acc``, the paper's
+    value of the run's row (from ``config``; the dashboards' bars draw it beside ours). A live run
+    and an exported run dir (:mod:`agf_exp.wandb_export`) get exactly these keys."""
+    final = summary.get("final") or {}
+    out: Dict[str, Any] = {f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))
+                           and not isinstance(v, bool)}
+    best = summary.get("best") or {}
+    if best.get("value") is not None:
+        out.update({f"best/{best.get('metric')}": best["value"], "best/epoch": best.get("epoch"),
+                    "best/step": best.get("step")})
+    which = summary.get("decode_checkpoint", "best")
+    if summary.get("decoding"):
+        epoch = best.get("epoch") if which == "best" else summary.get("epochs")
+        out["decoded_from"] = f"{which}.pt (epoch {epoch})"
+    for key, scores in (summary.get("decoding") or {}).items():
+        for name in ("bleu", "chrf", "bleu_lc", "bleu_signature", "chrf_signature"):
+            if name in scores:
+                out[f"{key}/{name}"] = scores[name]
+    row = row_of(config) if config is not None else None
+    if row in PAPER_ROWS:
+        out["paper/val_acc"] = PAPER_ROWS[row][1]
+    params = summary.get("parameters") or {}
+    if "total" in params:
+        out["parameters"], out["positional_parameters"] = params["total"], params.get("positional")
+    return out
+
+
+def eval_metrics(record: Dict[str, Any]) -> Dict[str, Any]:
+    """One evaluation (a metrics.jsonl record) as the W&B history row the trainer logs."""
+    return {f"eval/{k}": v for k, v in record.items() if v is not None}
+
+
 def _has_api_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -57,8 +123,13 @@ def _has_api_key() -> bool:
 
 
 class WandbLogger:
+    """One W&B run (see :func:`wandb_identity`): metrics defined against the step with summaries
+    (max validation accuracy, min losses), evaluations, images, the run files the report reads
+    (copied into the W&B run's files folder, uploaded at the end), and artifacts: the translations,
+    the subword model (when the run has one) and, with ``logger.checkpoints=true``, the checkpoints."""
+
     def __init__(self, cfg, config: Dict[str, Any], run_dir: Path, run_id: Optional[str] = None,
-                 default_name: Optional[str] = None):
+                 wandb_dir: Optional[Path] = None):
         import wandb
 
         mode = os.environ.get("WANDB_MODE") or cfg.mode.value
@@ -66,15 +137,22 @@ class WandbLogger:
             mode = "online" if _has_api_key() else "offline"
         self.wandb = wandb
         self.run_dir = Path(run_dir)
+        self.checkpoints = bool(getattr(cfg, "checkpoints", False))
+        ident = wandb_identity(config, cfg.group, cfg.job_name)
         self.run = wandb.init(
-            project=cfg.project, entity=cfg.entity, group=cfg.group or config.get("table"),
-            name=cfg.job_name or config.get("row") or default_name,
-            tags=list(cfg.tags) + auto_tags(config), config=config, dir=str(run_dir), mode=mode, id=run_id,
-            resume="allow", reinit="finish_previous",
+            project=cfg.project, entity=cfg.entity, group=ident["group"], name=ident["name"],
+            job_type=ident["job_type"], tags=list(cfg.tags) + auto_tags(config), config=wandb_config(config),
+            dir=str(wandb_dir or run_dir), mode=mode, id=run_id, resume="allow", reinit="finish_previous",
         )
         self.run_id = self.run.id if self.run is not None else None
+        if self.run is not None and mode != "disabled":
+            # evaluations against the epoch (the step stays the x of every history row); the summary
+            # of validation accuracy is its maximum, of the losses their minimum
+            self.run.define_metric("eval/epoch", hidden=True)
+            for key in EVAL_KEYS:
+                self.run.define_metric(key, step_metric="eval/epoch", summary=EVAL_SUMMARY.get(key, "last"))
         if mode == "offline":
-            log.info("W&B is offline; upload later with `wandb sync %s/wandb/offline-run-*`", run_dir)
+            log.info("W&B is offline; upload later with `wandb sync %s/wandb/offline-run-*`", wandb_dir or run_dir)
 
     def log(self, metrics: Dict[str, Any], step: int) -> None:
         self.run.log(metrics, step=step)
@@ -88,20 +166,56 @@ class WandbLogger:
 
     def save_files(self, paths) -> None:
         """Attach run-dir files (summary.json, translations) to the W&B run, so that
-        ``python -m agf_exp.report --wandb`` can run the paired bootstrap from W&B alone."""
-        for path in paths:
-            self.run.save(str(path), base_path=str(self.run_dir), policy="now")
+        ``python -m agf_exp.report --wandb`` can run the paired bootstrap from W&B alone. They are
+        copied into the W&B run's files folder (uploaded at the end of the run, or by ``wandb
+        sync``), not symlinked one by one with a warning each."""
+        import shutil
+
+        files = Path(self.run.dir)
+        for path in map(Path, paths):
+            target = files / path.relative_to(self.run_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            # already in the files folder: wandb publishes it as it is (no link, no warning)
+            self.run.save(str(target), base_path=str(files), policy="now")
+
+    def log_artifacts(self, tokenizer: Optional[bytes] = None, tokenizer_sha: Optional[str] = None) -> None:
+        """The run's artifacts: ``translations`` (hyps/*.txt), ``tokenizer`` (the sentencepiece
+        model, one artifact per model: runs sharing it share the artifact) and, when asked,
+        ``model`` (checkpoints/*.pt)."""
+        hyps = sorted((self.run_dir / "hyps").glob("*.txt"))
+        if hyps:
+            art = self.wandb.Artifact(f"translations-{self.run.id}", type="translations",
+                                      description="hypotheses and references of the final decoding")
+            for path in hyps:
+                art.add_file(str(path), name=f"hyps/{path.name}")
+            self.run.log_artifact(art)
+        if tokenizer is not None:
+            import hashlib
+
+            sha = tokenizer_sha or hashlib.sha256(tokenizer).hexdigest()
+            art = self.wandb.Artifact(f"tokenizer-{sha[:12]}", type="tokenizer",
+                                      description="sentencepiece model (sha256 " + sha + ")")
+            with art.new_file("subword.model", mode="wb") as f:
+                f.write(tokenizer)
+            self.run.log_artifact(art)
+        checkpoints = sorted((self.run_dir / "checkpoints").glob("*.pt")) if self.checkpoints else []
+        if checkpoints:
+            art = self.wandb.Artifact(f"model-{self.run.id}", type="model", description="best.pt and last.pt")
+            for path in checkpoints:
+                art.add_file(str(path), name=path.name)
+            self.run.log_artifact(art)
 
     def finish(self) -> None:
         self.run.finish()
 
 
 def build_logger(cfg, config: Dict[str, Any], run_dir: Path, run_id: Optional[str] = None,
-                 default_name: Optional[str] = None):
+                 wandb_dir: Optional[Path] = None):
     if cfg.name == "none":
         return NullLogger()
     if cfg.name == "wandb":
-        return WandbLogger(cfg, config, run_dir, run_id, default_name)
+        return WandbLogger(cfg, config, run_dir, run_id, wandb_dir)
     raise ValueError(f"unknown logger {cfg.name!r}; use logger=none or logger=wandb")
 
 
@@ -109,8 +223,9 @@ def read_offline_run(wandb_file: Path) -> Dict[str, Any]:
     """Read back what a W&B run logged, from its ``run-<id>.wandb`` file (an offline run, or a run
     not yet synced), decoding each record with wandb's own protobuf schema (``wandb.proto``).
 
-    Returns ``{"run": {id, group, name, tags, project}, "config": {...}, "history": [rows],
-    "summary": {...}, "complete": bool}``; ``complete`` is whether the run's exit record is in the
+    Returns ``{"run": {id, group, name, job_type, tags, project}, "config": {...}, "history": [rows],
+    "summary": {...}, "metrics": {name: {step_metric, summary}} (``define_metric``), "artifacts":
+    [{name, type, files}], "files": [paths], "complete": bool}``; ``complete`` is whether the run's exit record is in the
     file (a run in progress, or one whose writer has not flushed yet, reads as incomplete, up to its
     last whole chunk). The file is wandb's LevelDB-style log: a 7-byte header (``:W&B``, magic,
     version), then 32 KiB blocks of chunks, each ``crc32c (4) | length (2, LE) | type (1)``
@@ -130,7 +245,8 @@ def read_offline_run(wandb_file: Path) -> Dict[str, Any]:
     def key(item) -> str:
         return item.key or "/".join(item.nested_key)
 
-    out: Dict[str, Any] = {"run": {}, "config": {}, "history": [], "summary": {}, "complete": False}
+    out: Dict[str, Any] = {"run": {}, "config": {}, "history": [], "summary": {}, "metrics": {}, "artifacts": [],
+                           "files": [], "complete": False}
     pos, block, chunks = 7, 32768, []
     while pos + 7 <= len(data):
         left = block - pos % block
@@ -152,8 +268,8 @@ def read_offline_run(wandb_file: Path) -> Dict[str, Any]:
         which = record.WhichOneof("record_type")
         if which == "run":
             r = record.run
-            out["run"] = {"id": r.run_id, "group": r.run_group, "name": r.display_name, "tags": list(r.tags),
-                          "project": r.project}
+            out["run"] = {"id": r.run_id, "group": r.run_group, "name": r.display_name, "job_type": r.job_type,
+                          "tags": list(r.tags), "project": r.project}
             out["config"].update({key(i): value(i) for i in r.config.update})
         elif which == "config":
             out["config"].update({key(i): value(i) for i in record.config.update})
@@ -161,6 +277,15 @@ def read_offline_run(wandb_file: Path) -> Dict[str, Any]:
             out["history"].append({key(i): value(i) for i in record.history.item})
         elif which == "summary":
             out["summary"].update({key(i): value(i) for i in record.summary.update})
+        elif which == "metric":
+            m = record.metric
+            summary = [f.name for f in m.summary.DESCRIPTOR.fields if getattr(m.summary, f.name)]
+            out["metrics"][m.name or m.glob_name] = {"step_metric": m.step_metric, "summary": summary}
+        elif which == "artifact":
+            a = record.artifact
+            out["artifacts"].append({"name": a.name, "type": a.type, "files": [e.path for e in a.manifest.contents]})
+        elif which == "files":
+            out["files"] += [f.path for f in record.files.files]
         elif which == "exit":
             out["complete"] = True
     out["config"].pop("_wandb", None)

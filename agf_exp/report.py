@@ -216,7 +216,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         unreadable: List[str] = []
         if needs_runs:
             if args.wandb:
-                runs = collect_wandb(args.wandb, None if args.all else get_table(args.table).name)
+                spec = None if args.all else get_table(args.table)
+                runs = collect_wandb(args.wandb, None if spec is None else [*spec.rows, *filter(None, [spec.baseline])],
+                                     args.experiment)
             else:
                 runs = collect_runs(args.runs or Path("outputs/sweeps"), unreadable)
                 _warn(unreadable)

@@ -45,7 +45,7 @@ from .config import ConfigError, config_diff, decode_config, to_container, valid
 from .distributed import Dist
 from .distributed import init as init_distributed
 from .evaluation import score_translations, translate
-from .loggers import NullLogger, build_logger
+from .loggers import NullLogger, build_logger, summary_metrics
 from .preemption import PreemptionGuard
 from .runfiles import RunFileError, read_config, read_json
 from .runlock import RunDirLock, RunDirLocked
@@ -86,9 +86,11 @@ def write_json(path: Path, obj: Any) -> None:
 # keys that do not change what a run computes: a finished run is still "the same run" without them
 # (data.cache_dir holds only what is derived from the data and the config: a run dir moved to
 # another machine, or read with another AGF_CACHE_DIR, is still the same run)
+# (run_name names the run's folder and W&B run: a run dir started when the default name was the mode
+# alone, before it named the row or toggles too, is the same run)
 _RESULT_NEUTRAL = ("logger", "trainer.progress", "trainer.log_every_steps", "trainer.num_threads", "table",
                    "trainer.dist_timeout_minutes", "trainer.dist_wait_minutes", "trainer.lock_run_dir",
-                   "data.cache_dir")
+                   "data.cache_dir", "run_name")
 
 
 # a finished run asked for a longer budget continues from last.pt instead of being refused
@@ -275,8 +277,7 @@ def _train(cfg: DictConfig, run_dir: Path, dist: Dist, start: Callable[[], Any])
     # the logger exists only once the start is accepted (W&B writes into the run dir); rank 0 logs
     logger = NullLogger()
     if dist.main:
-        logger = build_logger(cfg.logger, trainer.config, run_dir, run_id=trainer.state.wandb_id,
-                              default_name=str(cfg.run_name))
+        logger = build_logger(cfg.logger, trainer.config, run_dir, run_id=trainer.state.wandb_id)
         trainer.state.wandb_id = logger.run_id
     try:
         trainer.fit(logger)
@@ -298,13 +299,11 @@ def _finish(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], logger) -
     last = trainer.records[-1] if trainer.records else {}
     summary = _summary(cfg, trainer, params, last, decoded)
     write_json(run_dir / "summary.json", summary)
-    flat = {f"final/{k}": v for k, v in last.items() if isinstance(v, (int, float))}
-    for key, scores in decoded.items():
-        for name in ("bleu", "chrf", "bleu_lc", "bleu_signature", "chrf_signature"):
-            flat[f"{key}/{name}"] = scores[name]
-    logger.summary({**flat, "parameters": params["total"], "positional_parameters": params["positional"]})
+    logger.summary(summary_metrics(summary, trainer.config))
     logger.save_files([run_dir / "summary.json", run_dir / "config.yaml", run_dir / "metrics.jsonl",
                        *sorted((run_dir / "hyps").glob("*.txt"))])
+    tokenizer = trainer.data.tokenizer
+    logger.log_artifacts(tokenizer=getattr(tokenizer, "model_proto", None))
     return summary
 
 
@@ -386,7 +385,8 @@ def draw_fields(model, run_dir: Path, pos_name: str, logger, step: int) -> None:
         log.warning("could not draw the positional fields: %s", e)
         return
     log.info("positional fields drawn in %s", run_dir / "fields")
-    logger.log_images({f"fields/{name}": path for name, path in written.items()}, step=step)
+    # keyed by file name (fields/overview, fields/encoder_0_self_attn, ...), as an exported run dir is
+    logger.log_images({f"fields/{path.stem}": path for path in written.values()}, step=step)
 
 
 def draw_curves(run_dir: Path, logger, step: int) -> None:

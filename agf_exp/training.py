@@ -32,7 +32,7 @@ from .devices import (Precision, autocast, cpu_bf16_units, cpu_precision_problem
 from .distributed import Dist
 from .evaluation import evaluate_split, smoothed_loss
 from .fused_loss import linear_cross_entropy
-from .loggers import NullLogger
+from .loggers import NullLogger, eval_metrics
 from .model import Seq2SeqTransformer
 from .preemption import Preempted, PreemptionGuard
 
@@ -380,7 +380,7 @@ class Trainer:
         append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
         self.records.append(record)
         self.state.metric_lines += 1
-        logger.log({f"eval/{k}": v for k, v in record.items() if v is not None}, step=self.state.step)
+        logger.log(eval_metrics(record), step=self.state.step)
         log.info("eval epoch %.2f step %d: val_acc %.2f val_ppl %.2f val_loss %.4f", record["epoch_fraction"],
                  self.state.step, metrics["val_acc"], metrics["val_ppl"], metrics["val_loss"])
         value = record.get(self.tcfg.best_metric)

@@ -98,8 +98,10 @@ def steps_of_epochs(experiment: str, overrides: List[str], spm_model: Path, epoc
 
 
 def eole_config(cfg: Dict[str, Any], files: Dict[str, Path], steps: int, device: str,
-                save_dir: Path, bucket_size: Union[int, str] = EOLE_BUCKET) -> Tuple[Dict[str, Any], List[str]]:
-    """Eole's config doing what agf-exp's ``cfg`` does, and the differences that remain."""
+                save_dir: Path, bucket_size: Union[int, str] = EOLE_BUCKET,
+                precision: str = "same") -> Tuple[Dict[str, Any], List[str]]:
+    """Eole's config doing what agf-exp's ``cfg`` does, and the differences that remain;
+    ``precision`` (fp32 / bf16) sets Eole's ``compute_dtype`` apart from agf-exp's ``trainer.precision``."""
     m, t = cfg["model"], cfg["trainer"]
     # agf-exp: lr(s) = peak * min(s / w, sqrt(w / s)); Eole's noam: lr * d^-0.5 * min(s^-0.5, s * w^-1.5)
     noam_lr = t["lr"] * (m["d_model"] * t["warmup_steps"]) ** 0.5
@@ -120,7 +122,8 @@ def eole_config(cfg: Dict[str, Any], files: Dict[str, Path], steps: int, device:
             "label_smoothing": t["label_smoothing"], "dropout": [m["dropout"]],
             "attention_dropout": [m["attn_dropout"]], "normalization": "tokens", "param_init": 0,
             "param_init_method": "xavier_uniform",
-            "compute_dtype": "fp32" if t["precision"] in ("fp32", "auto") and device == "cpu" else "bf16"},
+            "compute_dtype": precision if precision != "same" else
+            ("fp32" if t["precision"] in ("fp32", "auto") and device == "cpu" else "bf16")},
         "model": {
             "architecture": "transformer", "hidden_size": m["d_model"], "heads": m["n_heads"],
             "transformer_ff": m["d_ff"], "encoder": {"layers": m["enc_layers"]}, "decoder": {"layers": m["dec_layers"]},
@@ -408,6 +411,9 @@ def main(argv=None) -> int:
     parser.add_argument("--eole-bucket-size", type=int,
                         help=f"Eole's bucket_size (default: the number of training pairs, one epoch per bucket as "
                              f"agf-exp; Eole's own default {EOLE_BUCKET} repeats a small corpus within a bucket)")
+    parser.add_argument("--eole-precision", choices=["same", "fp32", "bf16"], default="same",
+                        help="Eole's compute_dtype (default: as agf-exp's trainer.precision); e.g. agf-exp in bf16 "
+                             "against Eole in fp32, to compare with Eole at its fastest CPU setting")
     parser.add_argument("--eole-only", action="store_true", help="train and decode Eole alone (an Eole ablation)")
     parser.add_argument("--decode-only", action="store_true",
                         help="decode again from the checkpoints of the finished benchmark in --out (its peer.json): "
@@ -424,7 +430,7 @@ def main(argv=None) -> int:
 
             placeholder = {k: Path(f"<{k}>") for k in ("train.src", "train.tgt", "valid.src", "valid.tgt", "vocab")}
             eole_cfg, mismatches = eole_config(cfg, placeholder, args.steps, args.device, Path("<out>/eole/model"),
-                                               args.eole_bucket_size or "<training pairs>")
+                                               args.eole_bucket_size or "<training pairs>", args.eole_precision)
             print(yaml.safe_dump(eole_cfg, sort_keys=False))
             print("Mismatches that remain:\n" + "\n".join(f"- {m}" for m in mismatches))
             return 0
@@ -469,7 +475,7 @@ def run(args, cfg) -> int:
         args.steps = steps_of_epochs(args.experiment, args.overrides, args.spm, args.epochs)
         print(f"{args.epochs} epochs of agf-exp's batches = {args.steps} updates (Eole trains as many)", flush=True)
     eole_cfg, mismatches = eole_config(cfg, files, args.steps, args.device, out / "eole" / "model",
-                                       args.eole_bucket_size)
+                                       args.eole_bucket_size, args.eole_precision)
     print("Mismatches that remain:\n" + "\n".join(f"- {m}" for m in mismatches), flush=True)
     results = train_side_by_side(args, cfg, eole_cfg, eole_exe, out)
     decode_side_by_side(args, files, eole_exe, out, results, cfg["trainer"]["max_len_a"])
@@ -478,10 +484,11 @@ def run(args, cfg) -> int:
     commit = git_commit()
     budget = f"{args.epochs} epochs ({args.steps} steps)" if args.epochs else f"{args.steps} steps"
     print(f"\n{budget} of experiment={args.experiment} {' '.join(args.overrides)}; {machine}; "
-          f"Eole {args.eole_version} (bucket_size {args.eole_bucket_size}); commit {commit}\n")
+          f"Eole {args.eole_version} (bucket_size {args.eole_bucket_size}, compute_dtype "
+          f"{eole_cfg['training']['compute_dtype']}); commit {commit}\n")
     print(table(results, "agf-exp", "Eole"))
     report = {"steps": args.steps, "epochs": args.epochs, "machine": machine, "commit": commit, "eole": args.eole_version,
-              "eole_bucket_size": args.eole_bucket_size,
+              "eole_bucket_size": args.eole_bucket_size, "eole_compute_dtype": eole_cfg["training"]["compute_dtype"],
               "mismatches": mismatches, "results": results}
     if args.agf_cost:
         cost = agf_cost(args, cfg, out)

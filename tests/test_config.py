@@ -153,3 +153,27 @@ def test_cli_rejects_wrong_key_with_hydra_message():
                          text=True, timeout=120)
     assert out.returncode != 0
     assert "d_modle" in out.stderr
+
+
+@pytest.mark.parametrize("overrides, name", [
+    ([], "vanilla"),  # pos=none with its default PE is the paper's vanilla row
+    (["pos=agf_m", "pcmv=true"], "agf_m_pcmv"),  # a row's mode and toggles: the row's name
+    (["pos=agf_m", "sco=true"], "agf_m+sco"),  # no row: mode + the toggles that are on
+    (["pos=alibi", "pe=true"], "alibi+pe"),  # PE on where the mode's default is off
+    (["pos=none", "pe=false"], "none-pe"),  # and off where it is on (NoPE)
+    (["arm=nope"], "nope"),  # a study arm names itself
+])
+def test_the_default_run_name_says_what_the_run_is(overrides, name):
+    cfg = make_cfg(*overrides)
+    assert cfg.run_name == name
+
+
+def test_help_lists_user_facing_groups_only():
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    groups = out.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    lines = {line.split(":")[0]: line.split(": ")[1] for line in groups.splitlines() if ": " in line and "(" not in line}
+    assert "base_" not in groups and "wandb" not in lines  # no schemas, no W&B sweep files
+    assert lines["pos"].split(", ") == sorted(MODES) and "table4" in lines["table"] and "lengthgen_synthetic" in lines["study"]
+    assert lines["logger"] == "none, wandb" and lines["trainer"] == "default"

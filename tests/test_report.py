@@ -58,6 +58,28 @@ def test_paired_bootstrap_separates_a_better_system_and_not_identical_ones():
         paired_bootstrap(good, [bad[0][:10]])
 
 
+@pytest.mark.parametrize("system", ["agf", "agf_m_pcmv"])
+def test_one_run_a_side_also_gives_sacrebleus_own_paired_bs_p(system):
+    """With one seed a side the bootstrap also reports sacreBLEU's paired-bs p, and it is the p that
+    sacreBLEU's own PairedTest prints for the same two translation files (same resamples, its test
+    statistic); ours, the shifted-null two-sided test, differs (the issue's 0.324 vs 0.117)."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    root = Path(__file__).resolve().parent.parent / "results" / "multi30k-small" / "table4" / "small"
+    lines = lambda row, name: (root / row / "seed1" / "hyps" / f"test.{name}.txt").read_text().split("\n")[:-1]
+    refs = lines("vanilla", "ref")
+    ours = paired_bootstrap([bleu_statistics(lines(system, "beam"), refs)], [bleu_statistics(lines("vanilla", "beam"), refs)])
+    test = PairedTest([("baseline", lines("vanilla", "beam")), (system, lines(system, "beam"))],
+                      {"BLEU": BLEU(references=[refs])}, references=None, test_type="bs", n_samples=1000)
+    _, scores = test()
+    assert ours["p_sacrebleu"] == pytest.approx(scores["BLEU"][1].p_value, abs=1e-9)
+    assert abs(ours["p"] - ours["p_sacrebleu"]) > 0.02  # two different tests
+    two_seeds = paired_bootstrap([bleu_statistics(lines(system, "beam"), refs)] * 2,
+                                 [bleu_statistics(lines("vanilla", "beam"), refs)])
+    assert "p_sacrebleu" not in two_seeds  # several seeds a side: sacreBLEU's test does not apply
+
+
 def test_mean_ci_uses_student_t():
     stat = mean_ci([1.0, 2.0, 3.0])
     assert stat["mean"] == 2.0 and stat["std"] == pytest.approx(1.0) and stat["n"] == 3
@@ -160,34 +182,51 @@ def test_unknown_table_and_missing_runs_dir_are_clear_errors(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
 
 
-def test_collect_wandb_reads_config_summary_and_translations(tmp_path):
-    """The W&B source, against a stand-in for wandb.Api with the files the W&B logger attaches."""
+def test_collect_wandb_selects_runs_by_what_they_are_and_reads_only_what_it_needs(tmp_path):
+    """The W&B source, against a stand-in for wandb.Api with the files the W&B logger attaches:
+    runs are chosen by experiment (a W&B filter) and row (a hand-started run's mode and toggles
+    count, whatever group it was launched under), and of a chosen run only the summary, the
+    metrics and the scored decoding's translations are downloaded."""
     _, _, refs = corpus(20)
     summary = {"status": "complete", "final": {"val_acc": 61.0}, "decoding": {"test/greedy": {"bleu": 100.0}}}
     files = {"summary.json": json.dumps(summary), "hyps/test.greedy.txt": "\n".join(refs) + "\n",
-             "hyps/test.ref.txt": "\n".join(refs) + "\n", "metrics.jsonl": json.dumps({"epoch_fraction": 1.0, "val_acc": 61.0})}
+             "hyps/test.ref.txt": "\n".join(refs) + "\n", "hyps/valid.greedy.txt": "x\n",
+             "config.yaml": "row: vanilla\n", "metrics.jsonl": json.dumps({"epoch_fraction": 1.0, "val_acc": 61.0})}
+    downloaded = []
 
     class File:
         def __init__(self, name):
             self.name = name
 
         def download(self, root, replace):
+            downloaded.append(self.name)
             target = Path(root) / self.name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(files[self.name])
 
+    def wandb_run(run_id, group, job_type="train", **config):
+        run = SimpleNamespace(id=run_id, group=group, job_type=job_type, state="finished",
+                              files=lambda: [File(n) for n in files], config={**config, "_wandb": {}})
+        run.file = File
+        return run
+
     class Api:
         def runs(self, path, filters):
-            assert path == "team/agf-exp" and filters == {"group": "table2"}
-            run = SimpleNamespace(id="abc123", state="finished", files=lambda: [File(n) for n in files],
-                                  config={"row": "vanilla", "seed": 1, "experiment": "small", "_wandb": {}})
-            run.file = File
-            return [run]
+            assert path == "team/agf-exp" and filters == {"config.experiment": "small"}
+            return [wandb_run("a", "table4", row="vanilla", seed=1, experiment="small"),  # launched under table 4
+                    wandb_run("b", None, row=None, pos={"name": "agf_m"}, pcmv=False, sco=False, pe=False,
+                              seed=1, experiment="small"),  # hand-started: row from mode and toggles
+                    wandb_run("c", "x", row="agf_m_pcmv", seed=1, experiment="small"),  # not a table-2 row
+                    wandb_run("d", "report/x", job_type="report", runs_dir="x")]
 
-    (run,) = collect_wandb("team/agf-exp", "table2", api=Api(), download_dir=tmp_path / "dl")
-    assert run.complete and run.row == "vanilla" and run.experiment == "small" and run.seed == 1
+    runs = collect_wandb("team/agf-exp", ["vanilla", "agf", "agf_m"], "small", api=Api(), download_dir=tmp_path / "dl")
+    assert [r.row for r in runs] == ["vanilla", "agf_m"]
+    run = runs[0]
+    assert run.complete and run.experiment == "small" and run.seed == 1
     assert run.files["test.greedy"] == refs and run.metrics[0]["val_acc"] == 61.0
     assert report_table("table2", [run])["rows"][0]["val_acc"]["mean"] == 61.0
+    # only what the report reads, of the two chosen runs
+    assert sorted(downloaded) == sorted(["summary.json", "metrics.jsonl", "hyps/test.greedy.txt", "hyps/test.ref.txt"] * 2)
 
 
 def test_all_tables_into_a_folder_that_does_not_exist_yet(tmp_path):

@@ -60,16 +60,20 @@ def test_sweep_configs_match_the_table_definitions(name):
             train(make_cfg("+table=table3", *FAST), ROOT / "outputs/never-created")
         return
     params = sweep["hydra"]["sweeper"]["params"]
-    assert params["row"].split(",") == spec.rows and str(params["seed"]).split(",") == ["1", "2", "3"]
+    assert params["row"].split(",") == spec.rows and str(params["seed"]).split(",") == ["1", "2", "3", "4", "5"]
     assert sweep["hydra"]["mode"] == "MULTIRUN"
-    wandb_sweep = yaml.safe_load((ROOT / "sweeps/wandb" / f"{name}.yaml").read_text())
+    wandb_sweep = yaml.safe_load((ROOT / "sweeps/wandb" / f"{name}.yml").read_text())
     assert wandb_sweep["parameters"]["row"]["values"] == spec.rows
-    assert wandb_sweep["parameters"]["seed"]["values"] == [1, 2, 3]
+    assert wandb_sweep["parameters"]["seed"]["values"] == [1, 2, 3, 4, 5]  # as the committed reproduction
+    assert wandb_sweep["parameters"]["experiment"]["values"] == ["small"]  # the scale is a parameter
+    assert wandb_sweep["metric"] == {"name": "final/val_acc", "goal": "maximize"}
+    assert not any(a.startswith("experiment=") for a in wandb_sweep["command"])
     assert "${args_no_hyphens}" in wandb_sweep["command"] and f"+table={name}" in wandb_sweep["command"]
     # what one W&B agent job composes: a single run of one row, with the table as W&B group
     fixed = [a for a in wandb_sweep["command"] if not a.startswith("${") and not a.startswith("hydra.")]
-    cfg = make_cfg(*fixed, f"row={spec.rows[-1]}", "seed=2")
+    cfg = make_cfg(*fixed, "experiment=small", f"row={spec.rows[-1]}", "seed=2")
     assert cfg.table == name and cfg.row == spec.rows[-1] and cfg.seed == 2 and cfg.logger.name == "wandb"
+    assert cfg.experiment == "small"
 
 
 def test_joblib_launcher_is_configured(tmp_path):

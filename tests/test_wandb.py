@@ -55,13 +55,31 @@ def test_offline_run_logs_config_metrics_and_summary(wandb_env):
     (wandb_file,) = offline_runs(run)
     logged = read_finished(wandb_file)
 
-    # one W&B run: group = table, job name = row, tags from the config
+    # one W&B run: grouped by what it is (scale/data/row), named row + seed, tags from the config
     assert logged["run"]["id"] == summary["wandb_id"]
-    assert logged["run"]["group"] == "table4" and logged["run"]["name"] == "agf_m_pcmv"
+    assert logged["run"]["group"] == "smoke/synthetic/agf_m_pcmv" and logged["run"]["name"] == "agf_m_pcmv seed3"
+    assert logged["run"]["job_type"] == "train"
+    # evaluations against the epoch; validation accuracy summarised by its maximum
+    assert logged["metrics"]["eval/val_acc"] == {"step_metric": "eval/epoch", "summary": ["max"]}
+    assert logged["metrics"]["eval/val_loss"]["summary"] == ["min"]
+    # best evaluation and the checkpoint the decoded scores come from
+    assert logged["summary"]["best/val_acc"] == pytest.approx(summary["best"]["value"])
+    assert logged["summary"]["best/epoch"] == summary["best"]["epoch"]
+    assert logged["summary"]["decoded_from"] == f"best.pt (epoch {summary['best']['epoch']})"
+    # artifacts: the translations and the subword model; run files copied, never symlinked one by one
+    artifacts = {a["type"]: a for a in logged["artifacts"]}
+    assert sorted(artifacts) == ["tokenizer", "translations"]
+    assert set(artifacts["translations"]["files"]) == {f"hyps/{p.name}" for p in (run / "hyps").glob("*.txt")}
+    assert artifacts["tokenizer"]["files"] == ["subword.model"]
+    files = wandb_file.parent / "files"
+    assert (files / "summary.json").read_bytes() == (run / "summary.json").read_bytes()
+    assert (files / "hyps" / "test.greedy.txt").is_file()
+    assert not any(p.is_symlink() for p in files.rglob("*"))  # wandb.save symlinks, with a warning per call
     assert {"pos:agf_m", "pcmv", "experiment:smoke", "seed:3", "table:table4", "row:agf_m_pcmv"} <= set(logged["run"]["tags"])
     # the resolved config
     assert logged["config"]["pos"]["name"] == "agf_m" and logged["config"]["pcmv"] is True
     assert logged["config"]["seed"] == 3 and logged["config"]["row"] == "agf_m_pcmv"
+    assert logged["config"]["run_name"] == "agf_m_pcmv"
     assert logged["config"]["trainer"]["max_epochs"] == 2
     # per-evaluation metrics, exactly those of metrics.jsonl
     evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -81,6 +99,19 @@ def test_offline_run_logs_config_metrics_and_summary(wandb_env):
     for path in run.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_a_hand_started_run_is_named_and_grouped_by_what_it_is(wandb_env):
+    """No ``row=``: the W&B config still carries the row its mode and toggles match, and a
+    combination that is no row is named by mode + toggles (also the run dir's suffix)."""
+    run = wandb_env / "run"
+    train(make_cfg(*FAST, "pos=agf_m", "pcmv=true", "trainer.max_epochs=1", "logger.mode=offline"), run)
+    logged = read_finished(offline_runs(run)[0])
+    assert logged["config"]["row"] == "agf_m_pcmv" and logged["run"]["group"] == "smoke/synthetic/agf_m_pcmv"
+    other = wandb_env / "other"
+    train(make_cfg(*FAST, "pos=alibi", "sco=true", "trainer.max_epochs=1", "logger.mode=offline"), other)
+    logged = read_finished(offline_runs(other)[0])
+    assert logged["config"]["row"] is None and logged["run"]["name"] == "alibi+sco seed1"
 
 
 def test_reading_a_run_file_still_being_written(wandb_env, tmp_path):

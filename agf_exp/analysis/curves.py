@@ -208,8 +208,8 @@ def as_dict(fits: Dict[str, CurveFit]) -> Dict[str, dict]:
     return {k: asdict(v) for k, v in fits.items()}
 
 
-def plot_run_curves(run_dir: Path) -> Optional[Path]:
-    """``<run dir>/curves.png``: validation accuracy and training/validation loss per evaluation."""
+def plot_run_curves(run_dir: Path, out: Optional[Path] = None) -> Optional[Path]:
+    """``<run dir>/curves.png`` (or ``out``): validation accuracy and training/validation loss per evaluation."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,7 +233,8 @@ def plot_run_curves(run_dir: Path) -> Optional[Path]:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(run_dir) / "curves.png"
+    path = Path(out) if out is not None else Path(run_dir) / "curves.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -3,15 +3,16 @@ reproduction per scale, built with ``wandb-workspaces`` (W&B's own library; the 
 extra). Building needs no network; :mod:`agf_exp.dashboard` saves what is built here.
 
 A table's view shows the runs of that table's rows at one scale (``experiment``), grouped by
-row so that seeds aggregate (mean, with a min-max band). The runs are chosen by their ``row``
+row so that seeds aggregate (mean ± sd band). The runs are chosen by their ``row``
 and ``experiment`` config values, not by W&B group: a row is trained once per seed and shared by
 every table that has it (``sweeps/reproduce_small.sh`` trains table 2's rows under ``+table=table4``),
 as the report does. Every key a panel reads is one the runs log (``tests/test_dashboard.py``
 trains a run with ``logger=wandb`` offline and checks each one):
 
-* history: ``eval/val_acc``, ``eval/val_ppl`` (one point per evaluation), ``train/loss``;
-  images ``curves/learning_curves`` and ``fields/overview`` (modes with a learned field);
-* summary: ``final/val_acc`` (the last evaluation), ``test/beam/bleu`` (the final decoding);
+* history: ``eval/val_acc``, ``eval/val_ppl`` (one point per evaluation, also against ``eval/epoch``),
+  ``train/loss``; images ``curves/learning_curves`` and ``fields/overview`` (modes with a learned field);
+* summary: ``final/val_acc`` (the last evaluation), ``paper/val_acc`` (the paper's value of the run's
+  row), ``test/beam/bleu`` and ``test/beam/chrf`` (the final decoding);
 * config: ``row``, ``experiment``, ``pos.name``, ``pcmv``, ``sco``, ``pe``, ``seed``.
 """
 from __future__ import annotations
@@ -30,8 +31,15 @@ from .tabulate import report_table
 INSTALL = 'pip install "agf-exp[dashboards]" (or pip install wandb-workspaces)'
 HISTORY_CURVES = [("validation accuracy (%)", "eval/val_acc"), ("validation perplexity", "eval/val_ppl"),
                   ("training loss (label-smoothed, per token)", "train/loss")]
-FINAL_BARS = [("final validation accuracy (%)", "final/val_acc"), ("test BLEU (beam)", "test/beam/bleu")]
-PARALLEL = ["pos.name", "pcmv", "sco", "pe", "seed"]  # config keys, then the final validation accuracy
+FINAL_BARS = [("final validation accuracy (%), ours beside the paper's (WMT17 en-de, Transformer-BIG)",
+               ["final/val_acc", "paper/val_acc"]),
+              ("test BLEU (beam; decoded from the checkpoint of `decoded_from`)", ["test/beam/bleu"])]
+PARALLEL = ["pos.name", "pcmv", "sco", "pe", "seed"]  # config keys, then the scores below
+PARALLEL_SCORES = ["final/val_acc", "test/beam/bleu", "test/beam/chrf"]
+# the bands of every grouped panel: mean ± one standard deviation over seeds, the tables' "mean ± sd"
+# (W&B offers min-max, sd, standard error or none; not the tables' 95 % t interval)
+BAND = "stddev"
+BAND_LABEL = "mean ± sd over seeds"
 CURVE_IMAGE, FIELD_IMAGE = "curves/learning_curves", "fields/overview"
 # tables without a view, and why
 NO_VIEW = {"table3": "Table 3 is a worked example with no training run (`python -m agf_exp.report table3`)"}
@@ -86,19 +94,23 @@ def _paper_values(table: Table) -> str:
 
 def _panels(reports, table: Table, experiment: str) -> Dict[str, list]:
     """The view's sections: curves, final scores, configurations, images."""
-    group = dict(groupby_aggfunc="mean", groupby_rangefunc="minmax")
+    group = dict(groupby_aggfunc="mean", groupby_rangefunc=BAND)
     relative = any(row != "vanilla" for row in table.rows)  # every other row has a learned field
     return {
-        "Learning curves (mean over seeds, min-max band)": [
+        f"Learning curves ({BAND_LABEL})": [
             reports.LinePlot(title=title, x="Step", y=[key], **group) for title, key in HISTORY_CURVES],
-        "Final scores per row": [
-            *(reports.BarPlot(title=title, metrics=[key], **group) for title, key in FINAL_BARS),
+        f"Learning speed ({BAND_LABEL})": [
+            reports.LinePlot(title="validation accuracy (%) by epoch (REPORT.md's learning-speed section)",
+                             x="eval/epoch", y=["eval/val_acc"], **group)],
+        f"Final scores per row ({BAND_LABEL})": [
+            *(reports.BarPlot(title=title, metrics=keys, **group) for title, keys in FINAL_BARS),
             reports.MarkdownPanel(markdown=_paper_values(table))],
         "Configurations": [
             reports.ParallelCoordinatesPlot(
-                title=f"{', '.join(PARALLEL)} -> final validation accuracy",
+                title=f"{', '.join(PARALLEL)} -> {', '.join(PARALLEL_SCORES)}",
                 columns=[*(reports.ParallelCoordinatesPlotColumn(metric=reports.Config(k)) for k in PARALLEL),
-                         reports.ParallelCoordinatesPlotColumn(metric=reports.SummaryMetric("final/val_acc"))]),
+                         *(reports.ParallelCoordinatesPlotColumn(metric=reports.SummaryMetric(k))
+                           for k in PARALLEL_SCORES)]),
             reports.RunComparer(diff_only="split")],
         "Images": [reports.MediaBrowser(title="learning curves", media_keys=[CURVE_IMAGE])]
         + ([reports.MediaBrowser(title="learned positional fields", media_keys=[FIELD_IMAGE])] if relative else []),
@@ -152,7 +164,7 @@ def build_report(entity: str, project: str, experiment: str, content: ReportCont
             "of test BLEU) and the claims' verdicts. Written by `python -m agf_exp.dashboard`; run it again "
             "after more runs finish to update this report."),
         reports.TableOfContents()]
-    group = dict(groupby_aggfunc="mean", groupby_rangefunc="minmax")
+    group = dict(groupby_aggfunc="mean", groupby_rangefunc=BAND)
     for name, table in TABLES.items():
         blocks += [reports.H2(f"{name.replace('table', 'Table ')}: {table.title}"),
                    reports.MarkdownBlock(_drop_heading(content.tables[name]))]
@@ -160,8 +172,8 @@ def build_report(entity: str, project: str, experiment: str, content: ReportCont
             runset = reports.Runset(name=f"{name} rows ({experiment})", filters=_filters(workspaces, table, experiment),
                                     groupby=["config.row"], **scoped)
             blocks.append(reports.PanelGrid(runsets=[runset], panels=[
-                reports.LinePlot(title="validation accuracy (%)", x="Step", y=["eval/val_acc"], **group),
-                *(reports.BarPlot(title=title, metrics=[key], **group) for title, key in FINAL_BARS)]))
+                reports.LinePlot(title=f"validation accuracy (%) ({BAND_LABEL})", x="Step", y=["eval/val_acc"], **group),
+                *(reports.BarPlot(title=title, metrics=keys, **group) for title, keys in FINAL_BARS)]))
     blocks += [reports.H2("The paper's claims"), reports.MarkdownBlock(_drop_heading(content.claims))]
     return reports.Report(entity=entity, project=project, title=report_title(experiment), width="fluid",
                           description="agf-exp: the paper's tables and claims with statistics", blocks=blocks)
@@ -192,6 +204,9 @@ def referenced_keys(spec: Any) -> Dict[str, Set[str]]:
             kind, config = node.get("viewType"), node.get("config") or {}
             if kind == "Run History Line Plot":
                 out["history"].update(config.get("metrics", []))
+                x = config.get("xAxis")
+                if isinstance(x, str) and x and not x.startswith("_"):  # _step, _timestamp: W&B's own
+                    out["history"].add(x)
             elif kind == "Bar Chart":
                 out["summary"].update(config.get("metrics", []))
             elif kind == "Media Browser":

@@ -50,12 +50,17 @@ def to_markdown(result: Dict[str, Any]) -> str:
                 f"Metric: final validation accuracy (%, teacher-forced, the weights after the last epoch). Δ: "
                 f"difference to `{base}`. BLEU: sacreBLEU on the test set decoded from each run's decoded checkpoint "
                 "(best.pt, the epoch of the highest validation accuracy, unless trainer.decode_checkpoint=last; see "
-                "Provenance); bootstrap: paired, over test sentences, vs the baseline.", "",
+                "Provenance); bootstrap: paired, over test sentences, vs the baseline" + (
+                    " (with one run a side, sacreBLEU's own paired-bs p is printed beside ours: the same "
+                    "resamples, its test statistic)." if any((r["bootstrap"] or {}).get("p_sacrebleu") is not None
+                                                        for r in result["rows"]) else "."), "",
                 "| row | paper | Δ paper | ours (mean ± std) | 95% CI | n | Δ ours | test BLEU | ΔBLEU [95% CI], p |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for r in result["rows"]:
             bs = r["bootstrap"]
             bs_txt = "–" if bs is None else f"{bs['diff']:+.2f} [{bs['ci_low']:+.2f}, {bs['ci_high']:+.2f}], p={bs['p']:.3f}"
+            if bs is not None and bs.get("p_sacrebleu") is not None:
+                bs_txt += f" (sacreBLEU paired-bs p={bs['p_sacrebleu']:.3f})"
             label = r["label"] + (" (baseline)" if r["row"] == base else "")
             out.append(f"| {label} | {r['paper']:.4f} | {_fmt(r['paper_diff'], 4, sign=True) if r['row'] != base else ''} | "
                        f"{_pm(r['val_acc'])} | {_ci(r['val_acc'])} | {r['val_acc']['n']} | "

@@ -9,12 +9,12 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..analysis.curves import read_metrics
-from ..config import CONF_DIR
+from ..config import row_of, row_signatures
 from ..runfiles import RunFileError, read_config, read_json, read_text
 from . import ReportError
 from .stats import bleu_statistics
@@ -58,30 +58,6 @@ class Run:
         split, strategy = self.decode_key.split("/")
         hyps, refs = self.files.get(f"{split}.{strategy}"), self.files.get(f"{split}.ref")
         return None if hyps is None or refs is None else bleu_statistics(hyps, refs)
-
-
-def row_signatures(conf_dir: Path = CONF_DIR) -> Dict[Tuple, str]:
-    """(pos mode, pcmv, sco, pe) -> row name, read from ``conf/row/*.yaml``."""
-    from omegaconf import OmegaConf
-
-    out = {}
-    for path in sorted((conf_dir / "row").glob("*.yaml")):
-        node = OmegaConf.to_container(OmegaConf.load(path))
-        pos = None
-        for entry in node.get("defaults", []):
-            if isinstance(entry, dict):
-                for key, value in entry.items():
-                    if key.replace("override ", "").strip("/ ") == "pos":
-                        pos = value
-        out[(pos, bool(node.get("pcmv")), bool(node.get("sco")), bool(node.get("pe")))] = path.stem
-    return out
-
-
-def row_of(config: Dict[str, Any], signatures: Dict[Tuple, str]) -> Optional[str]:
-    if config.get("row"):
-        return str(config["row"])
-    pos = (config.get("pos") or {}).get("name")
-    return signatures.get((pos, bool(config.get("pcmv")), bool(config.get("sco")), bool(config.get("pe"))))
 
 
 def _read_lines(path: Path) -> Optional[List[str]]:
@@ -130,40 +106,61 @@ def collect_runs(root: Path, unreadable: Optional[List[str]] = None) -> List[Run
     return runs
 
 
-def collect_wandb(path: str, table_name: Optional[str] = None, api: Any = None,
-                  download_dir: Optional[Path] = None) -> List[Run]:
-    """Runs of W&B project ``ENTITY/PROJECT`` (group = table when given). Config, summary.json and
-    translations come from the files the W&B logger attaches to each run; the history gives the
-    evaluations."""
+def collect_wandb(path: str, rows: Optional[Sequence[str]] = None, experiment: Optional[str] = None,
+                  api: Any = None, download_dir: Optional[Path] = None) -> List[Run]:
+    """Runs of W&B project ``ENTITY/PROJECT`` chosen by what they are, not by the group they were
+    launched under: their ``experiment`` (filtered by W&B) and their row (``row``, or mode and
+    toggles matching a row, as for local runs; client-side, before anything is downloaded). Of each
+    chosen run only what the report reads is downloaded: ``summary.json``, ``metrics.jsonl`` and the
+    translations and references of the decoding it scores (:attr:`Run.decode_key`); runs that are
+    no training run (``job_type`` report) are skipped."""
     import tempfile
 
     if api is None:
         import wandb
 
         api = wandb.Api()
-    filters = {"group": table_name} if table_name else {}
+    filters = {"config.experiment": experiment} if experiment else {}
     signatures = row_signatures()
     download_dir = Path(download_dir or tempfile.mkdtemp(prefix="agf_report_"))
+    wanted = set(rows) if rows is not None else None
     runs = []
     for wrun in api.runs(path, filters=filters):
         config = {k: v for k, v in dict(wrun.config).items() if not k.startswith("_")}
+        if getattr(wrun, "job_type", None) == "report" or "pos" not in config and "row" not in config:
+            continue
+        row = row_of(config, signatures)
+        if wanted is not None and row not in wanted:
+            continue
         target = download_dir / wrun.id
         names = {f.name for f in wrun.files()}
-        for name in names:
-            if name in ("summary.json", "metrics.jsonl") or name.startswith("hyps/"):
-                wrun.file(name).download(root=str(target), replace=True)
-        summary = json.loads((target / "summary.json").read_text()) if (target / "summary.json").is_file() else None
+
+        def fetch(name: str) -> Optional[Path]:
+            if name not in names:
+                return None
+            wrun.file(name).download(root=str(target), replace=True)
+            return target / name
+
+        summary_path = fetch("summary.json")
+        summary = json.loads(summary_path.read_text()) if summary_path is not None else None
         if summary is None and getattr(wrun, "state", "") == "finished":
             summary = {"status": "complete", "final": {}, "decoding": {}}
-        metrics = read_metrics(target / "metrics.jsonl")
-        if not (target / "metrics.jsonl").is_file():
-            for row in wrun.scan_history():
-                if row.get("eval/val_acc") is not None:
-                    metrics.append({k[len("eval/"):]: v for k, v in row.items() if k.startswith("eval/")})
+        metrics_path = fetch("metrics.jsonl")
+        metrics = read_metrics(metrics_path) if metrics_path is not None else []
+        if metrics_path is None:
+            for hist in wrun.scan_history():
+                if hist.get("eval/val_acc") is not None:
+                    metrics.append({k[len("eval/"):]: v for k, v in hist.items() if k.startswith("eval/")})
         if summary is not None and not summary.get("final") and metrics:
             summary["final"] = metrics[-1]
-        files = {p.stem: _read_lines(p) for p in sorted((target / "hyps").glob("*.txt"))}
-        runs.append(Run(f"wandb:{path}/{wrun.id}", config, summary, metrics, row_of(config, signatures), files))
+        run = Run(f"wandb:{path}/{wrun.id}", config, summary, metrics, row, {})
+        if run.decode_key is not None:
+            split, strategy = run.decode_key.split("/")
+            for stem in (f"{split}.{strategy}", f"{split}.ref"):
+                got = fetch(f"hyps/{stem}.txt")
+                if got is not None:
+                    run.files[stem] = _read_lines(got)
+        runs.append(run)
     return runs
 
 

@@ -10,7 +10,8 @@ full-set value equals the logged BLEU) and averaged over the system's seeds; the
 row - baseline gives a 95% percentile interval, and the two-sided p-value is the textbook
 shifted-null test: the share of resampled differences at least as far from their mean as the
 observed difference is from 0, with the +1 correction (so it cannot go below 1/(resamples + 1)). It measures test-set sampling noise; seed noise
-is in the mean's interval."""
+is in the mean's interval. Where each side is one run (one seed), sacreBLEU's own paired-bs p is
+computed from the same resamples too and printed beside ours (``p_sacrebleu``)."""
 from __future__ import annotations
 
 import math
@@ -92,9 +93,22 @@ def paired_bootstrap(system: Sequence[np.ndarray], baseline: Sequence[np.ndarray
     diffs = mean_bleu(system, idx) - mean_bleu(baseline, idx)
     centred = np.abs(diffs - diffs.mean())
     p = (np.sum(centred >= abs(observed)) + 1) / (n_samples + 1)
-    return {"diff": observed, "ci_low": float(np.percentile(diffs, 2.5)),
-            "ci_high": float(np.percentile(diffs, 97.5)), "p": float(p), "samples": n_samples,
-            "sentences": n}
+    out = {"diff": observed, "ci_low": float(np.percentile(diffs, 2.5)),
+           "ci_high": float(np.percentile(diffs, 97.5)), "p": float(p), "samples": n_samples, "sentences": n}
+    if len(system) == 1 and len(baseline) == 1:  # one run a side: sacreBLEU's paired-bs applies too
+        out["p_sacrebleu"] = sacrebleu_paired_bs_p(diffs, observed)
+    return out
+
+
+def sacrebleu_paired_bs_p(diffs: np.ndarray, observed: float) -> float:
+    """sacreBLEU's ``--paired-bs`` p-value (sacrebleu/significance.py, ``_paired_bs_test``) of the
+    resampled differences ``diffs`` (system − baseline, one per resample) and the observed one: the
+    share of ``|diff_i| − mean|diff|`` strictly above ``|observed|``, with the +1 correction. Our
+    resamples are sacreBLEU's (``default_rng(12345)``, the same index draws), so for one run a side
+    this is the p sacreBLEU prints for the two translation files (tested)."""
+    sample = np.abs(diffs)
+    stats = sample - sample.mean()
+    return float((np.sum(stats > abs(observed)) + 1) / (len(diffs) + 1))
 
 
 def welch_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Dict[str, Any]:

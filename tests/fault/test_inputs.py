@@ -162,7 +162,7 @@ def test_two_default_run_dirs_of_one_second_differ():
               "from omegaconf import OmegaConf; print(cfg.hydra.run.dir.split('_', 2)[-1])")
     dirs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
                            timeout=120).stdout.strip() for _ in range(2)}
-    assert len(dirs) == 2 and all(d.startswith("none_seed1_") for d in dirs), dirs
+    assert len(dirs) == 2 and all(d.startswith("vanilla_seed1_") for d in dirs), dirs
 
 
 def test_a_sweep_with_refused_jobs_says_so_and_exits_non_zero(tmp_path):
