@@ -135,7 +135,7 @@ def main(cfg: DictConfig) -> float:
     finally:
         start_log.close()
     again = ["python", "run.py", *(shlex.quote(o) for o in hc.overrides.task if not o.startswith("hydra.run.dir=")),
-             f"hydra.run.dir={shlex.quote(str(run_dir))}"]
+             "hydra.mode=RUN", f"hydra.run.dir={shlex.quote(str(run_dir))}"]  # one run, also of a sweep's cell
     print(f"run dir: {run_dir}\n"
           f"  score:  python -m agf_exp.evaluate ckpt={run_dir / 'checkpoints' / 'best.pt'} split=test\n"
           f"  resume or extend (e.g. trainer.max_epochs=N): {' '.join(again)}")

@@ -283,9 +283,17 @@ def validate(cfg: DictConfig) -> None:
         if not spec.rows:
             raise ConfigError(f"{spec.name} has no training runs ({spec.title}); "
                               f"print it with `python -m agf_exp.report {spec.name}`")
+    joins = list(cfg.data.get("test_joins") or [])
+    if any(not isinstance(k, int) or k < 2 for k in joins):
+        raise ConfigError(f"data.test_joins={joins}: each k joins k >= 2 test sentences into one input, e.g. [2,4,8]")
+    words = cfg.data.get("train_max_src_words")
+    if words is not None and words < 1:
+        raise ConfigError(f"data.train_max_src_words={words} must be >= 1 (or null: every training pair)")
     for split in cfg.trainer.decode_splits:
-        if split not in ("train", "valid", "test"):
-            raise ConfigError(f"trainer.decode_splits has {split!r}; use train, valid or test")
+        if split not in ("train", "valid", "test", *(f"test_join{k}" for k in joins)):
+            raise ConfigError(f"trainer.decode_splits has {split!r}; use train, valid, test"
+                              + (", " + ", ".join(f"test_join{k}" for k in joins) if joins else
+                                 " (or test_join<k> with data.test_joins=[k, ...])"))
         if split == "train" and cfg.data.get("binarize"):
             raise ConfigError("trainer.decode_splits has 'train', but the training split is binarised "
                               "(data.binarize=true) and kept on disk as ids only; decode valid/test")

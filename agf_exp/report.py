@@ -34,7 +34,7 @@ from typing import List, Optional, Sequence
 
 from .analysis import decay
 from .atomic import atomic_write_bytes
-from .results import ReportError, learning_speed, lengthgen
+from .results import ReportError, learning_speed, lengthgen, lengthgen_mt
 from .results.claims import analysis_appendix, decay_fits, evaluate_claims
 from .results.claims import to_markdown as claims_markdown
 from .results.format import to_csv, to_json, to_markdown
@@ -116,28 +116,38 @@ def speed_section(runs: List[Run], experiment: Optional[str], out_dir: Path) -> 
 
 
 def _lengthgen(args) -> int:
-    """``report lengthgen``: the study's tables, verdicts and plots (REPORT.md, JSON, PNGs in --out's folder)."""
-    root = args.runs or Path("outputs/study/lengthgen_synthetic")
+    """``report lengthgen``: the study's tables, verdicts and plots (REPORT.md, JSON, PNGs in --out's
+    folder): the synthetic tasks, then the MT part when --runs holds its runs."""
+    root = args.runs or Path("outputs/study")
     try:
         unreadable: List[str] = []
-        runs, skipped = lengthgen.study_runs(collect_runs(root, unreadable))
-        _warn(unreadable + skipped)
+        collected = collect_runs(root, unreadable)
+        runs, skipped = lengthgen.study_runs(collected)
+        mt, mt_skipped = lengthgen_mt.mt_runs(collected)
+        _warn(unreadable + skipped + mt_skipped)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not runs:
-        print(f"error: no finished run of the length study below {root} (config study=lengthgen_synthetic); "
-              "train some with `python run.py +study=lengthgen_synthetic ...`", file=sys.stderr)
+    if not runs and not mt:
+        print(f"error: no finished run of the length study below {root} (config study=lengthgen_synthetic or "
+              "lengthgen_mt); train some with `python run.py +study=lengthgen_synthetic ...`", file=sys.stderr)
         return 2
-    result = lengthgen.summarize(runs, args.bootstrap)
-    text = lengthgen.to_markdown(result)
+    result = lengthgen.summarize(runs, args.bootstrap) if runs else {"tasks": {}, "n_bootstrap": args.bootstrap,
+                                                                      "hypotheses": []}
+    text = lengthgen.to_markdown(result) if runs else "# Length generalization in an encoder-decoder\n\n"
+    if mt:
+        result["mt"] = lengthgen_mt.summarize(mt, args.bootstrap)
+        text += "\n" + lengthgen_mt.to_markdown(result["mt"])
     if not args.out:
         sys.stdout.write(text)
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     (args.out.parent / "lengthgen.json").write_text(to_json(result))
-    lengthgen.plot(result, args.out.parent)
+    if runs:
+        lengthgen.plot(result, args.out.parent)
+    if mt:
+        lengthgen_mt.plot(result["mt"], args.out.parent)
     print(f"wrote {args.out}")
     return 0
 

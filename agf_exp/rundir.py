@@ -346,7 +346,7 @@ def _summary(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], last: Di
 def final_decode(trainer: Trainer) -> Dict[str, Any]:
     """Translate ``trainer.decode_splits`` with the best checkpoint's weights (or, with
     ``trainer.decode_checkpoint=last``, the weights at the end of training) by every strategy of
-    ``trainer.decode_strategies``; the translations and their references go to ``hyps/``. Returns
+    ``trainer.decode_strategies``; the translations, their sources and references go to ``hyps/``. Returns
     the scores per ``<split>/<strategy>``."""
     t = trainer.tcfg
     best = trainer.ckpt_dir / "best.pt"
@@ -356,9 +356,12 @@ def final_decode(trainer: Trainer) -> Dict[str, Any]:
     hyp_dir = trainer.run_dir / "hyps"
     for split in t.decode_splits:
         sources = [s for s, _ in trainer.data.examples[split]]
-        refs = trainer.data.raw[split][1]
+        src_text, refs = trainer.data.raw[split]
         if t.max_decode_sentences:
             sources, refs = sources[: t.max_decode_sentences], refs[: t.max_decode_sentences]
+            src_text = src_text[: t.max_decode_sentences]
+        # the source text beside the references: reports that need source lengths read the run alone
+        atomic_write_bytes(hyp_dir / f"{split}.src.txt", ("\n".join(src_text) + "\n").encode())
         for strategy in t.decode_strategies:
             start = time.perf_counter()
             hyps = translate(trainer.model, trainer.data.tokenizer, sources, decode_config(t, strategy),

@@ -91,3 +91,39 @@ def test_the_study_sweep_covers_every_arm_task_and_seed():
 def test_decode_checkpoint_is_checked():
     with pytest.raises(ConfigError, match="trainer.decode_checkpoint='final'; use best or last"):
         validate(make_cfg("trainer.decode_checkpoint=final"))
+
+
+def test_train_short_test_long_data(tmp_path):
+    """data.train_max_src_words keeps only short training sources (the tokenizer still sees all of
+    train) and data.test_joins adds test_join<k>: k consecutive test sentences joined into one."""
+    base = ["data=synthetic", "data.train_size=300", "data.valid_size=20", "data.test_size=20", f"data.cache_dir={tmp_path}"]
+    full = prepare_data(make_cfg(*base).data, 1)
+    cfg = make_cfg(*base, "data.train_max_src_words=6", "data.test_joins=[2,8]",
+                   "trainer.decode_splits=[test,test_join2,test_join8]")
+    validate(cfg)
+    short = prepare_data(cfg.data, 1)
+    assert short.tokenizer.identity() == full.tokenizer.identity()
+    src = short.raw["train"][0]
+    assert src and all(len(s.split()) <= 6 for s in src)
+    assert len(src) == sum(len(s.split()) <= 6 for s in full.raw["train"][0]) < len(full.raw["train"][0])
+    test_src, test_ref = short.raw["test"]
+    assert short.raw["test_join2"][0][3] == test_src[6] + " " + test_src[7]
+    assert short.raw["test_join8"][1] == [" ".join(test_ref[0:8]), " ".join(test_ref[8:16])]  # 20 // 8 groups
+    assert len(short.examples["test_join2"]) == 10 and short.examples["test"] == full.examples["test"]
+    with pytest.raises(ConfigError, match="use train, valid, test, test_join2, test_join8"):
+        validate(make_cfg(*base, "data.test_joins=[2,8]", "trainer.decode_splits=[test_join4]"))
+    with pytest.raises(ConfigError, match=r"data.test_joins=\[1\]"):
+        validate(make_cfg(*base, "data.test_joins=[1]"))
+    with pytest.raises(DataError, match="a source of at most data.train_max_src_words=1 words"):
+        prepare_data(make_cfg(*base, "data.train_max_src_words=1").data, 1)
+
+
+def test_the_mt_study_sweep():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+study=lengthgen_mt"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert sorted(params.arm.split(",")) == sorted(ARMS) and params.seed == "1,2,3"
+    assert cfg.data.name == "multi30k" and cfg.data.train_max_src_words == 12 and list(cfg.data.test_joins) == [2, 4, 8]
+    assert cfg.trainer.decode_checkpoint == "last" and cfg.model.name == "small"
+    assert list(cfg.trainer.decode_splits) == ["valid", "test", "test_join2", "test_join4", "test_join8"]
+    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${arm}/seed${seed}"

@@ -78,3 +78,72 @@ def test_report_cli_reads_the_committed_study_runs(tmp_path, capsys):
     assert (tmp_path / "lengthgen_copy.png").is_file() and (tmp_path / "lengthgen.json").is_file()
     assert report.main(["lengthgen", "--runs", str(tmp_path)]) == 2
     assert "no finished run of the length study" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# the MT part (agf_exp.results.lengthgen_mt) on made-up translations
+
+from agf_exp.data.corpus import joined  # noqa: E402
+from agf_exp.results import lengthgen_mt as mt  # noqa: E402
+
+WORDS = "ein mann fährt fahrrad auf der straße eine frau liest ein buch im park zwei hunde spielen".split()
+
+
+def mt_run(arm, seed, robust, n=32):
+    """A finished MT run: 32 test sentences translated perfectly one by one, their joined inputs
+    translated perfectly (``robust``) or cut after the first sentence (the early end)."""
+    rng = np.random.default_rng(seed)
+    refs = [" ".join(rng.choice(WORDS, int(rng.integers(6, 20)))) for _ in range(n)]
+    srcs = [" ".join(["w"] * (i % 25 + 1)) for i in range(n)]  # 1 ... 25 source words
+    files = {"test.src": srcs, "test.ref": refs, "test.beam": list(refs)}
+    for k in (2, 4, 8):
+        groups = [refs[i:i + k] for i in range(0, n - k + 1, k)]
+        files[f"test_join{k}.ref"] = joined(refs, k)
+        files[f"test_join{k}.beam"] = joined(refs, k) if robust else [g[0] for g in groups]
+    config = {"study": "lengthgen_mt", "arm": arm, "seed": seed, "experiment": "lengthgen_mt"}
+    summary = {"status": "complete", "final": {}, "decoding": {"test/beam": {}}}
+    return Run(f"/mt/{arm}/seed{seed}", config, summary, [], None, files)
+
+
+def test_mt_robustness_ratio_separates_length_robustness_from_quality():
+    runs, skipped = mt.mt_runs([mt_run("sinusoidal", s, robust=False) for s in (1, 2, 3)]
+                               + [mt_run("t5", s, robust=True) for s in (1, 2, 3)]
+                               + [mt_run("rope", s, robust=False) for s in (1, 2, 3)])
+    assert not skipped and {r.strategy for r in runs} == {"beam"}
+    result = mt.summarize(runs, n_bootstrap=200)
+    t5, sin = result["arms"]["t5"]["levels"], result["arms"]["sinusoidal"]["levels"]
+    assert t5[1]["bleu"]["mean"] == pytest.approx(100.0) and sin[1]["bleu"]["mean"] == pytest.approx(100.0)
+    assert t5[8]["robustness"]["mean"] == pytest.approx(1.0) and t5[8]["short"]["mean"] == 0
+    assert sin[8]["robustness"]["mean"] < 0.1 and sin[8]["short"]["mean"] == 1.0 and sin[8]["length_ratio"]["mean"] < 0.2
+    delta = result["arms"]["t5"]["vs_baseline"]
+    assert delta["seeds"] == [3, 3] and delta["inputs"] == 4 and delta["ci_low"] > mt.H1_MARGIN
+    buckets = result["arms"]["t5"]["buckets"]
+    assert buckets["≤12 (trained)"]["mean"] == pytest.approx(100.0) and set(buckets) == {b for b, _, _ in mt.BUCKETS}
+    verdicts = {h["key"]: h for h in result["hypotheses"]}
+    assert verdicts["H1 (MT)"]["arms"]["t5"] == "supported"
+    assert verdicts["H1 (MT)"]["verdict"] == "undecided" and "agf" in verdicts["H1 (MT)"]["missing"]  # arms missing
+    assert verdicts["H3 (MT)"]["verdict"] == "supported"
+    text = mt.to_markdown(result)
+    assert "| H3 (MT): sinusoidal and RoPE end early on 8 joined sentences | **supported** |" in text
+    # two seeds a side: no verdict (the protocol's 3 on MT)
+    few = mt.summarize(mt.mt_runs([mt_run("sinusoidal", s, False) for s in (1, 2)]
+                                  + [mt_run("rope", s, False) for s in (1, 2)])[0], n_bootstrap=50)
+    assert {h["key"]: h["verdict"] for h in few["hypotheses"]}["H3 (MT)"] == "undecided"
+
+
+def test_report_lengthgen_adds_the_mt_part(tmp_path, capsys):
+    from agf_exp.rundir import write_json
+
+    for arm, robust in (("sinusoidal", False), ("t5", True)):
+        run = mt_run(arm, 1, robust)
+        d = tmp_path / "runs" / arm / "seed1"
+        (d / "hyps").mkdir(parents=True)
+        (d / "config.yaml").write_text(f"study: lengthgen_mt\narm: {arm}\nseed: 1\nexperiment: lengthgen_mt\n")
+        write_json(d / "summary.json", run.summary)
+        for name, lines in run.files.items():
+            (d / "hyps" / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "report" / "REPORT.md"
+    assert report.main(["lengthgen", "--runs", str(tmp_path / "runs"), "--out", str(out), "--bootstrap", "50"]) == 0
+    text = out.read_text()
+    assert "## MT: train short, test long (Multi30k en-de)" in text and "| `t5` | 1 |" in text
+    assert (out.parent / "lengthgen_mt.png").is_file() and not (out.parent / "lengthgen_copy.png").exists()

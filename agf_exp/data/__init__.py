@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from .batching import Example, collate, make_batches
 from . import binarized
-from .corpus import SOURCES, SPLITS, DataConfig, DataError, ParallelCorpus, expand, register_source
+from .corpus import JOIN_PREFIX, SOURCES, SPLITS, DataConfig, DataError, ParallelCorpus, expand, joined, register_source
 from .tokenizer import BOS, EOS, Tokenizer, load_model_file, train_or_load
 
 # every module of this package is imported, so a new source file that calls register_source is
@@ -59,6 +59,9 @@ def prepare_data(cfg: DataConfig, seed: int) -> DataBundle:
     ``max_len`` subword tokens on either side are dropped (valid/test are kept whole)."""
     corpus = load_corpus(cfg, seed)
     examples, raw, dropped = {}, {}, 0
+    if corpus.train_pairs is not None and getattr(cfg, "train_max_src_words", None):
+        raise DataError("data.train_max_src_words works on corpora held in memory; this training split is "
+                        "streamed (binarised): filter its files beforehand, or set data.train_max_src_words=null")
     if corpus.train_pairs is not None:  # a large corpus: streamed from its binarised cache
         tok, examples["train"] = binarized.prepare(cfg, corpus.train_pairs)
         dropped = examples["train"].dropped
@@ -73,18 +76,26 @@ def prepare_data(cfg: DataConfig, seed: int) -> DataBundle:
         src, tgt = corpus.splits[split]
         encoded = encode_pairs(tok, src, tgt)
         if split == "train":
+            words = getattr(cfg, "train_max_src_words", None)
             keep = [i for i, (s, t) in enumerate(encoded)
-                    if src[i] and tgt[i] and len(s) - 1 <= cfg.max_len and len(t) - 2 <= cfg.max_len]
+                    if src[i] and tgt[i] and len(s) - 1 <= cfg.max_len and len(t) - 2 <= cfg.max_len
+                    and (words is None or len(src[i].split()) <= words)]
             dropped = len(encoded) - len(keep)
             encoded = [encoded[i] for i in keep]
             src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
             if not encoded:
-                raise DataError(f"no training pair has at most data.max_len={cfg.max_len} tokens; raise data.max_len")
+                raise DataError(f"no training pair has at most data.max_len={cfg.max_len} tokens"
+                                + (f" and a source of at most data.train_max_src_words={words} words" if words else "")
+                                + "; raise the limit")
         examples[split], raw[split] = encoded, (src, tgt)
-    log.info("%s: vocab %d, train %d pairs (%d dropped), valid %d, test %d", corpus.description,
-             tok.vocab_size, len(examples["train"]), dropped, len(examples["valid"]), len(examples["test"]))
+    for k in getattr(cfg, "test_joins", None) or ():  # joined test inputs, never filtered by length
+        src, tgt = joined(raw["test"][0], k), joined(raw["test"][1], k)
+        examples[f"{JOIN_PREFIX}{k}"], raw[f"{JOIN_PREFIX}{k}"] = encode_pairs(tok, src, tgt), (src, tgt)
+    log.info("%s: vocab %d, train %d pairs (%d dropped), valid %d, test %d%s", corpus.description,
+             tok.vocab_size, len(examples["train"]), dropped, len(examples["valid"]), len(examples["test"]),
+             "".join(f", {k} {len(v)}" for k, v in examples.items() if k.startswith(JOIN_PREFIX)))
     return DataBundle(tok, examples, raw, corpus.description, dropped)
 
 
-__all__ = ["DataBundle", "DataConfig", "DataError", "Example", "SOURCES", "SPLITS", "Tokenizer", "collate",
+__all__ = ["DataBundle", "DataConfig", "DataError", "Example", "JOIN_PREFIX", "SOURCES", "SPLITS", "Tokenizer", "collate",
            "load_corpus", "make_batches", "prepare_data", "register_source"]

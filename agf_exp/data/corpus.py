@@ -10,12 +10,19 @@ import enum
 import gzip
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain, zip_longest
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Type
 
 SPLITS = ("train", "valid", "test")
+JOIN_PREFIX = "test_join"  # derived splits: test_join<k> (DataConfig.test_joins)
+
+
+def joined(lines: Sequence[str], k: int) -> List[str]:
+    """``lines`` in consecutive groups of ``k``, each group joined by a space (a last group of
+    fewer than ``k`` lines is left out)."""
+    return [" ".join(lines[i:i + k]) for i in range(0, len(lines) - k + 1, k)]
 
 
 class DataError(ValueError):
@@ -44,6 +51,12 @@ class DataConfig:
     # sentencepiece version. Its ids 0-3 must be pad, unk, bos, eos (as agf-exp trains them).
     subword_file: Optional[str] = None
     max_len: int = 100  # training pairs with more subword tokens on either side are dropped
+    # train-short / test-long (the length study, docs/lengthgen.md): keep only training pairs whose
+    # source has at most this many whitespace words (null: all); the tokenizer still sees all of train
+    train_max_src_words: Optional[int] = None
+    # joined test splits: for each k, `test_join<k>` = k consecutive test sentences joined into one
+    # input (sources and references joined by a space; a last incomplete group is left out)
+    test_joins: List[int] = field(default_factory=list)
 
 
 class PairSource:
