@@ -260,18 +260,22 @@ def to_markdown(result: Dict[str, Any]) -> str:
                              f"p{_eq(_p(t['p'], 1 / (t['samples'] + 1)))} ({_p(t['p_holm'], 1 / (t['samples'] + 1))})")
             out.append(f"| `{arm}` | {', '.join(map(str, a['seeds']))} | " + " | ".join(cells) + " |")
         out += ["", f"![{task}: exact match by length](lengthgen_{task}.png)", ""]
-    out += ["## Hypotheses (docs/lengthgen.md)", "", "| hypothesis | verdict | detail |", "|---|---|---|"]
-    for h in result["hypotheses"]:
-        detail = ""
-        if h["key"] == "H1":
-            detail = ", ".join(f"`{a}` {v}" for a, v in h["arms"].items())
+    out += ["## Hypotheses (docs/lengthgen.md)", ""] + hypotheses_table(result["hypotheses"]) + [""]
+    return "\n".join(out)
+
+
+def hypotheses_table(hypotheses: Sequence[Dict[str, Any]]) -> List[str]:
+    """The Markdown table of hypotheses with their verdicts and what each rests on (per-arm
+    verdicts, shares of early ends, the runs still missing); the MT part's too."""
+    out = ["| hypothesis | verdict | detail |", "|---|---|---|"]
+    for h in hypotheses:
+        detail = ", ".join(f"`{a}` {v}" for a, v in (h.get("arms") or {}).items())
         if h.get("shares"):
             detail = ", ".join(f"{k}: {_f(s.get('mean'), '.2f')}" for k, s in h["shares"].items())
         if h.get("missing"):
             detail += ("; " if detail else "") + "too few runs yet: " + ", ".join(h["missing"])
         out.append(f"| {h['key']}: {h['text']} | **{h['verdict']}** | {detail or '–'} |")
-    out.append("")
-    return "\n".join(out)
+    return out
 
 
 def plot(result: Dict[str, Any], out_dir) -> List[Any]:

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data.corpus import JOIN_PREFIX, joined
+from .lengthgen import hypotheses_table
 from .runs import Run
 from .stats import bleu_from_statistics, bleu_statistics, holm, mean_ci
 
@@ -247,15 +248,7 @@ def to_markdown(result: Dict[str, Any]) -> str:
             "| arm | " + " | ".join(result["buckets"]) + " |", "|---|" + "---|" * len(result["buckets"])]
     for arm, a in result["arms"].items():
         out.append(f"| `{arm}` | " + " | ".join(_cell(a["buckets"][b]) for b in result["buckets"]) + " |")
-    out += ["", "| hypothesis | verdict | detail |", "|---|---|---|"]
-    for h in result["hypotheses"]:
-        detail = ", ".join(f"`{a}` {v}" for a, v in h.get("arms", {}).items())
-        if h.get("shares"):
-            detail = ", ".join(f"`{a}`: {_f(s.get('mean'), '.2f')}" for a, s in h["shares"].items())
-        if h.get("missing"):
-            detail += ("; " if detail else "") + "too few runs yet: " + ", ".join(h["missing"])
-        out.append(f"| {h['key']}: {h['text']} | **{h['verdict']}** | {detail or '–'} |")
-    out.append("")
+    out += [""] + hypotheses_table(result["hypotheses"]) + [""]
     return "\n".join(out)
 
 
