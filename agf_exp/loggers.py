@@ -36,7 +36,7 @@ class NullLogger:
     def save_files(self, paths) -> None:
         pass
 
-    def log_artifacts(self, tokenizer: Optional[bytes] = None, tokenizer_sha: Optional[str] = None) -> None:
+    def log_artifacts(self, tokenizer: Optional[bytes] = None) -> None:
         pass
 
     def finish(self) -> None:
@@ -83,25 +83,29 @@ def summary_metrics(summary: Dict[str, Any], config: Optional[Dict[str, Any]] = 
     checkpoint those scores come from, the parameter counts, and ``paper/val_acc``, the paper's
     value of the run's row (from ``config``; the dashboards' bars draw it beside ours). A live run
     and an exported run dir (:mod:`agf_exp.wandb_export`) get exactly these keys."""
-    final = summary.get("final") or {}
+    def part(key: str) -> Dict[str, Any]:  # a foreign or damaged summary.json: what is not a mapping is left out
+        value = summary.get(key)
+        return value if isinstance(value, dict) else {}
+
+    final = part("final")
     out: Dict[str, Any] = {f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))
                            and not isinstance(v, bool)}
-    best = summary.get("best") or {}
+    best = part("best")
     if best.get("value") is not None:
         out.update({f"best/{best.get('metric')}": best["value"], "best/epoch": best.get("epoch"),
                     "best/step": best.get("step")})
     which = summary.get("decode_checkpoint", "best")
-    if summary.get("decoding"):
+    if part("decoding"):
         epoch = best.get("epoch") if which == "best" else summary.get("epochs")
         out["decoded_from"] = f"{which}.pt (epoch {epoch})"
-    for key, scores in (summary.get("decoding") or {}).items():
+    for key, scores in part("decoding").items():
         for name in ("bleu", "chrf", "bleu_lc", "bleu_signature", "chrf_signature"):
-            if name in scores:
+            if isinstance(scores, dict) and name in scores:
                 out[f"{key}/{name}"] = scores[name]
     row = row_of(config) if config is not None else None
     if row in PAPER_ROWS:
         out["paper/val_acc"] = PAPER_ROWS[row][1]
-    params = summary.get("parameters") or {}
+    params = part("parameters")
     if "total" in params:
         out["parameters"], out["positional_parameters"] = params["total"], params.get("positional")
     return out
@@ -179,7 +183,7 @@ class WandbLogger:
             # already in the files folder: wandb publishes it as it is (no link, no warning)
             self.run.save(str(target), base_path=str(files), policy="now")
 
-    def log_artifacts(self, tokenizer: Optional[bytes] = None, tokenizer_sha: Optional[str] = None) -> None:
+    def log_artifacts(self, tokenizer: Optional[bytes] = None) -> None:
         """The run's artifacts: ``translations`` (hyps/*.txt), ``tokenizer`` (the sentencepiece
         model, one artifact per model: runs sharing it share the artifact) and, when asked,
         ``model`` (checkpoints/*.pt)."""
@@ -193,7 +197,7 @@ class WandbLogger:
         if tokenizer is not None:
             import hashlib
 
-            sha = tokenizer_sha or hashlib.sha256(tokenizer).hexdigest()
+            sha = hashlib.sha256(tokenizer).hexdigest()
             art = self.wandb.Artifact(f"tokenizer-{sha[:12]}", type="tokenizer",
                                       description="sentencepiece model (sha256 " + sha + ")")
             with art.new_file("subword.model", mode="wb") as f:

@@ -115,7 +115,10 @@ def export_run(run_dir: Path, root: Path, entity: Optional[str], project: str, m
             row = {key: record[name] for name, key in TRAIN_KEYS.items() if record.get(name) is not None}
             logger.log({**row, **eval_metrics(record)}, step=step)
         step = max(step, int(summary.get("steps") or 0))
-        curves = plot_run_curves(run_dir, out / "curves.png")
+        try:
+            curves = plot_run_curves(run_dir, out / "curves.png")
+        except (KeyError, TypeError, ValueError):  # records without the plotted values: no image
+            curves = None
         images = {"curves/learning_curves": curves} if curves is not None else {}
         images.update({f"fields/{p.stem}": p for p in sorted((run_dir / "fields").glob("*.png"))})
         if images:

@@ -132,3 +132,16 @@ def test_bad_input_is_one_line_and_exit_2(wandb_home, capsys):
     assert wandb_export.main([str(RESULTS), "--project", "a/b/c"]) == 2
     assert "neither PROJECT nor ENTITY/PROJECT" in capsys.readouterr().err
     assert not (wandb_home / "x").exists()
+
+
+def test_a_foreign_or_damaged_run_dir_is_left_out_with_one_line(wandb_home, capsys):
+    import shutil
+
+    runs = wandb_home / "runs"
+    for seed in (1, 2):
+        shutil.copytree(RESULTS / "table4" / "small" / "vanilla" / f"seed{seed}", runs / f"seed{seed}")
+    (runs / "seed2" / "summary.json").write_bytes(b"\x00garbled{")
+    assert wandb_export.main([str(runs), "--dir", str(wandb_home / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "1 exported" in captured.out
+    assert "left out (unreadable):" in captured.err and "seed2" in captured.err and "Traceback" not in captured.err
