@@ -32,6 +32,9 @@ from .model import Seq2SeqTransformer, load_trained
 log = logging.getLogger(__name__)
 
 
+EVAL_CHUNK_ROWS = 1024  # target tokens per output-projection chunk when evaluating in mixed precision
+
+
 def smoothed_loss(logits: torch.Tensor, gold: torch.Tensor, label_smoothing: float) -> torch.Tensor:
     """Summed label-smoothed cross-entropy over non-pad gold tokens (the training loss)."""
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=PAD,
@@ -59,10 +62,22 @@ def evaluate_split(model: Seq2SeqTransformer, examples: Sequence[Example], *, ba
     start = time.perf_counter()
     for idx in make_batches(examples, batch_tokens, shuffle=False):
         src, tgt = (t.to(device) for t in collate(examples, idx))
-        with autocast(device, amp_dtype):
-            logits = model(src, tgt[:, :-1])
-        for key, value in token_stats(logits, tgt[:, 1:], label_smoothing).items():
-            totals[key] += value.item()
+        if amp_dtype is None:  # fp32: the whole batch's logits at once (the results of every fp32 run)
+            with autocast(device, amp_dtype):
+                logits = model(src, tgt[:, :-1])
+            stats = [token_stats(logits, tgt[:, 1:], label_smoothing)]
+        else:  # mixed precision: the output projection chunk by chunk, never the [tokens x vocab] fp32 copies
+            with autocast(device, amp_dtype):
+                hidden = model(src, tgt[:, :-1], return_hidden=True)
+            hidden, gold = hidden.reshape(-1, hidden.shape[-1]), tgt[:, 1:].reshape(-1)
+            stats = []
+            for i in range(0, hidden.shape[0], EVAL_CHUNK_ROWS):
+                with autocast(device, amp_dtype):
+                    logits = model.generator(hidden[i:i + EVAL_CHUNK_ROWS])
+                stats.append(token_stats(logits, gold[i:i + EVAL_CHUNK_ROWS], label_smoothing))
+        for part in stats:
+            for key, value in part.items():
+                totals[key] += value.item()
     model.train(was_training)
     n = max(totals["tokens"], 1)
     return {

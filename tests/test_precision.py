@@ -184,3 +184,32 @@ def test_sdpa_with_a_positional_bias_keeps_the_bias_in_fp32_under_cpu_autocast()
     coarse = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(),
                                                               attn_mask=bias.to(torch.bfloat16).float()[None])
     assert (coarse - ref.float()).abs().max() > 2e-2  # what the bf16 bias would have given: visibly off
+
+
+def test_evaluation_in_bf16_projects_chunk_by_chunk_close_to_fp32(monkeypatch):
+    """Mixed-precision evaluation never holds a batch's [tokens x vocab] logits (the memory a run's
+    peak was spent on): chunked, its statistics do not depend on the chunk size and stay close to
+    fp32's, which keeps its one-batch path (the committed fp32 results)."""
+    from agf_exp import evaluation
+
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(ModelConfig(d_model=32, n_heads=4, d_ff=64, enc_layers=1, dec_layers=1,
+                                           dropout=0.0, attn_dropout=0.0), MODES["agf_m"].config_class(), VOCAB, 0, pe=True)
+    g = torch.Generator().manual_seed(1)
+    examples = [([int(x) for x in torch.randint(4, VOCAB, (int(n),), generator=g)] + [3],
+                 [2] + [int(x) for x in torch.randint(4, VOCAB, (int(n),), generator=g)] + [3])
+                for n in torch.randint(3, 20, (40,), generator=g)]
+    kw = dict(batch_tokens=400, device=CPU, label_smoothing=0.1)
+    fp32 = evaluation.evaluate_split(model, examples, **kw)
+    bf16 = evaluation.evaluate_split(model, examples, amp_dtype=torch.bfloat16, **kw)
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK_ROWS", 7)
+    rows = []
+    hook = model.generator.register_forward_hook(lambda m, inp, out: rows.append(out.reshape(-1, out.shape[-1]).shape[0]))
+    small = evaluation.evaluate_split(model, examples, amp_dtype=torch.bfloat16, **kw)
+    hook.remove()
+    assert rows and max(rows) <= 7  # never a whole batch's logits
+    assert bf16["val_tokens"] == small["val_tokens"] == fp32["val_tokens"]
+    assert small["val_loss"] == pytest.approx(bf16["val_loss"], rel=1e-5)
+    assert small["val_acc"] == pytest.approx(bf16["val_acc"], abs=1e-9)
+    assert bf16["val_loss"] == pytest.approx(fp32["val_loss"], rel=0.02)
+    assert abs(bf16["val_acc"] - fp32["val_acc"]) < 5.0
