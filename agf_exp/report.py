@@ -132,8 +132,7 @@ def _lengthgen(args) -> int:
         print(f"error: no finished run of the length study below {root} (config study=lengthgen_synthetic or "
               "lengthgen_mt); train some with `python run.py +study=lengthgen_synthetic ...`", file=sys.stderr)
         return 2
-    result = lengthgen.summarize(runs, args.bootstrap) if runs else {"tasks": {}, "n_bootstrap": args.bootstrap,
-                                                                      "hypotheses": []}
+    result = lengthgen.summarize(runs, args.bootstrap)
     text = lengthgen.to_markdown(result) if runs else "# Length generalization in an encoder-decoder\n\n"
     if mt:
         result["mt"] = lengthgen_mt.summarize(mt, args.bootstrap)

@@ -31,11 +31,12 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .analysis.curves import plot_run_curves, read_metrics
+from .analysis.curves import plot_run_curves
 from .atomic import atomic_write_bytes
 from .config import LoggerConfig, WandbMode
 from .loggers import build_logger, eval_metrics, summary_metrics
-from .runfiles import RunFileError, read_config, read_json
+from .results.runs import Run, collect_runs
+from .runfiles import RunFileError
 
 INDEX = "exported.json"
 TRAIN_KEYS = {"train_loss": "train/loss", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s"}
@@ -60,17 +61,6 @@ def run_id(project: str, rel: str, files: Sequence[bytes]) -> str:
     for data in files:
         digest.update(hashlib.sha256(data).digest())
     return "x" + digest.hexdigest()[:15]
-
-
-def complete_runs(root: Path) -> List[Path]:
-    """Run dirs below ``root`` whose ``summary.json`` says complete (W&B's and Hydra's folders skipped)."""
-    out = []
-    for summary in sorted(root.rglob("summary.json")):
-        parts = set(summary.relative_to(root).parts[:-1])
-        if {".hydra", "wandb", "files"} & parts or not (summary.parent / "config.yaml").is_file():
-            continue
-        out.append(summary.parent)
-    return out
 
 
 def _tokenizer(root: Path, config: Dict[str, Any], summary: Dict[str, Any],
@@ -99,12 +89,11 @@ def _tokenizer(root: Path, config: Dict[str, Any], summary: Dict[str, Any],
     return None
 
 
-def export_run(run_dir: Path, root: Path, entity: Optional[str], project: str, mode: str, out: Path,
+def export_run(run: Run, root: Path, entity: Optional[str], project: str, mode: str, out: Path,
                wid: str, tokenizer: Optional[Path] = None) -> None:
-    """Log one finished run dir as W&B run ``wid`` (W&B's files under ``out``)."""
-    config = read_config(run_dir / "config.yaml")
-    summary = read_json(run_dir / "summary.json")
-    records = read_metrics(run_dir / "metrics.jsonl")
+    """Log one finished run (as :func:`agf_exp.results.runs.collect_runs` read it) as W&B run
+    ``wid`` (W&B's files under ``out``)."""
+    run_dir, config, summary, records = Path(run.path), run.config, run.summary, run.metrics
     cfg = LoggerConfig(name="wandb", project=project, entity=entity, mode=WandbMode(mode))
     out.mkdir(parents=True, exist_ok=True)
     logger = build_logger(cfg, config, run_dir, run_id=wid, wandb_dir=out)
@@ -178,23 +167,22 @@ def export(root: Path, project: str = "agf-exp", mode: str = "offline", out: Opt
     entity, name = _project(project)
     key = f"{entity}/{name}" if entity else name
     out = Path(out) if out is not None else Path("outputs") / "wandb_export" / root.resolve().name
-    runs = complete_runs(root)
-    if not runs:
+    unreadable: List[str] = []
+    runs = [r for r in collect_runs(root, unreadable) if r.complete]
+    if not runs and not unreadable:
         raise ExportError(f"no complete run dir below {root} (a run dir holds config.yaml and a complete summary.json)")
     index_path = out / INDEX
     index = _index(index_path)
     done = index.setdefault(key, {})
-    result: Dict[str, Any] = {"exported": [], "skipped": [], "unreadable": [], "dir": str(out)}
-    for run_dir in runs:
+    result: Dict[str, Any] = {"exported": [], "skipped": [], "unreadable": unreadable, "dir": str(out)}
+    for run in runs:
+        run_dir, summary = Path(run.path), run.summary
         rel = run_dir.relative_to(root).as_posix()
         try:
-            summary = read_json(run_dir / "summary.json")
-            if summary.get("status") != "complete":
-                continue
             data = [(run_dir / n).read_bytes() for n in ("config.yaml", "summary.json", "metrics.jsonl")
                     if (run_dir / n).is_file()]
-        except (RunFileError, OSError) as e:
-            result["unreadable"].append(str(e))
+        except OSError as e:
+            result["unreadable"].append(f"{run_dir}: {e}")
             continue
         wid = run_id(key, rel, data)
         if summary.get("wandb_id") and not force:
@@ -204,7 +192,7 @@ def export(root: Path, project: str = "agf-exp", mode: str = "offline", out: Opt
             result["skipped"].append((rel, f"already exported as {wid}"))
             continue
         try:
-            export_run(run_dir, root, entity, name, mode, out / rel, wid, tokenizer)
+            export_run(run, root, entity, name, mode, out / rel, wid, tokenizer)
         except RunFileError as e:
             result["unreadable"].append(str(e))
             continue

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .runs import Run
-from .stats import holm, mean_ci
+from .stats import holm, mean_ci, shifted_null
 
 BASELINE = "sinusoidal"
 SOLVED = 90.0  # a (task, arm, seed) solves a length range at >= 90 % exact match
@@ -97,9 +97,7 @@ def two_level_bootstrap(arm: Sequence[StudyRun], base: Sequence[StudyRun], rng: 
         ex = gen.integers(0, n, n)
         deltas[i] = 100.0 * (a[sa][:, ex].mean() - b[sb][:, ex].mean())
     observed = 100.0 * (a.mean() - b.mean())
-    p = (np.sum(np.abs(deltas - deltas.mean()) >= abs(observed)) + 1) / (n_samples + 1)
-    return {"diff": float(observed), "ci_low": float(np.percentile(deltas, 2.5)),
-            "ci_high": float(np.percentile(deltas, 97.5)), "p": float(p), "samples": n_samples,
+    return {**shifted_null(deltas, observed), "samples": n_samples,
             "seeds": [len(a), len(b)], "examples": int(n)}
 
 
@@ -220,7 +218,10 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def _f(x: Optional[float], spec: str = ".1f") -> str:
-    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "–"
+    text = format(x, spec)
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.0"
 
 
 def _p(p: Optional[float], floor: float) -> str:

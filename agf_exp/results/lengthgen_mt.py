@@ -18,9 +18,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data.corpus import JOIN_PREFIX, joined
-from .lengthgen import hypotheses_table
+from .lengthgen import _f, hypotheses_table
 from .runs import Run
-from .stats import bleu_from_statistics, bleu_statistics, holm, mean_ci
+from .stats import bleu_from_statistics, bleu_statistics, holm, mean_ci, shifted_null
 
 STUDY = "lengthgen_mt"
 BASELINE = "sinusoidal"
@@ -143,9 +143,7 @@ def robustness_bootstrap(arm: Sequence[MTRun], base: Sequence[MTRun], k: int = 8
         ex = gen.integers(0, n, n)
         deltas[i] = ratio(ja, sa, pa, ex) - ratio(jb, sb, pb, ex)
     deltas = deltas[~np.isnan(deltas)]
-    p = (np.sum(np.abs(deltas - deltas.mean()) >= abs(observed)) + 1) / (len(deltas) + 1)
-    return {"diff": float(observed), "ci_low": float(np.percentile(deltas, 2.5)),
-            "ci_high": float(np.percentile(deltas, 97.5)), "p": float(p), "samples": int(len(deltas)),
+    return {**shifted_null(deltas, observed), "samples": int(len(deltas)),
             "seeds": [len(ja), len(jb)], "inputs": int(n)}
 
 
@@ -207,13 +205,6 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     out.append({"key": "H3 (MT)", "text": "sinusoidal and RoPE end early on 8 joined sentences", "verdict": h3,
                 "shares": shares, "missing": [a for a, s in shares.items() if not s or s.get("n", 0) < MIN_SEEDS]})
     return out
-
-
-def _f(x: Optional[float], spec: str = ".1f") -> str:
-    if x is None or (isinstance(x, float) and np.isnan(x)):
-        return "–"
-    text = format(x, spec)
-    return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.0"
 
 
 def _cell(stat: Optional[Dict[str, Any]], spec: str = ".1f") -> str:

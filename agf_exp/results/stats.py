@@ -91,13 +91,19 @@ def paired_bootstrap(system: Sequence[np.ndarray], baseline: Sequence[np.ndarray
 
     observed = mean_bleu(system) - mean_bleu(baseline)
     diffs = mean_bleu(system, idx) - mean_bleu(baseline, idx)
-    centred = np.abs(diffs - diffs.mean())
-    p = (np.sum(centred >= abs(observed)) + 1) / (n_samples + 1)
-    out = {"diff": observed, "ci_low": float(np.percentile(diffs, 2.5)),
-           "ci_high": float(np.percentile(diffs, 97.5)), "p": float(p), "samples": n_samples, "sentences": n}
+    out = {**shifted_null(diffs, observed), "samples": n_samples, "sentences": n}
     if len(system) == 1 and len(baseline) == 1:  # one run a side: sacreBLEU's paired-bs applies too
         out["p_sacrebleu"] = sacrebleu_paired_bs_p(diffs, observed)
     return out
+
+
+def shifted_null(deltas: np.ndarray, observed: float) -> Dict[str, float]:
+    """A bootstrap's verdict on an observed difference from its resampled differences: the 95 %
+    percentile interval and the two-sided p of the shifted-null test (the share of resampled
+    differences at least as far from their mean as ``observed`` is from 0, +1 corrected)."""
+    p = (np.sum(np.abs(deltas - deltas.mean()) >= abs(observed)) + 1) / (len(deltas) + 1)
+    return {"diff": float(observed), "ci_low": float(np.percentile(deltas, 2.5)),
+            "ci_high": float(np.percentile(deltas, 97.5)), "p": float(p)}
 
 
 def sacrebleu_paired_bs_p(diffs: np.ndarray, observed: float) -> float:
