@@ -143,4 +143,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    if {"-sc", "--shell-completion"} & set(sys.argv[1:]):
+        agf_exp.config.hide_schemas_from_completion()
     main()

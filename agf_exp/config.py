@@ -1,7 +1,7 @@
 """Typed configuration: one dataclass schema per config group, registered in Hydra's ConfigStore.
 
-``conf/<group>/<option>.yaml`` starts its defaults list with ``base_<schema>`` (the schema stored
-here), so an unknown key, a value of the wrong type or an unknown enum value fails at start-up
+``conf/<group>/<option>.yaml`` starts its defaults list with ``/schema/<group>/<name>@_here_`` (the
+schema stored here under ``schema/``, outside the groups users choose from), so an unknown key, a value of the wrong type or an unknown enum value fails at start-up
 with Hydra's message. The groups:
 
 =========== =========================================== =====================================
@@ -133,13 +133,15 @@ class Config:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
+    # the typed schemas, outside the groups users choose from (so `pos=` completes to modes only):
+    # conf/<group>/<option>.yaml extends one with `- /schema/<group>/<name>@_here_`
     for name, spec in MODES.items():
-        cs.store(group="pos", name=f"base_{name}", node=spec.config_class)
+        cs.store(group="schema/pos", name=name, node=spec.config_class)
     for name, (config_class, _) in SOURCES.items():
-        cs.store(group="data", name=f"base_{name}", node=config_class)
-    cs.store(group="model", name="base_model", node=ModelConfig)
-    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
-    cs.store(group="logger", name="base_logger", node=LoggerConfig)
+        cs.store(group="schema/data", name=name, node=config_class)
+    cs.store(group="schema", name="model", node=ModelConfig)
+    cs.store(group="schema", name="trainer", node=TrainerConfig)
+    cs.store(group="schema", name="logger", node=LoggerConfig)
 
 
 register_configs()
@@ -203,7 +205,7 @@ def _flag(value: Any) -> bool:  # resolver arguments arrive as bools, or as stri
 def user_groups(conf_dir: Path = CONF_DIR) -> Dict[str, List[str]]:
     """The config groups a user chooses from and their options: ``conf/<group>/*.yaml`` and the
     sweeps on Hydra's search path (``sweeps/<group>/*.yaml``: table, study), without the typed
-    schemas (``base_*``, in the ConfigStore) and without Hydra's own groups."""
+    schemas (``schema/``, in the ConfigStore) and without Hydra's own groups."""
     groups: Dict[str, List[str]] = {}
     for base in (conf_dir, conf_dir.parent / "sweeps"):
         for folder in sorted(p for p in base.iterdir() if p.is_dir() and p.name != "hydra") if base.is_dir() else []:
@@ -211,6 +213,22 @@ def user_groups(conf_dir: Path = CONF_DIR) -> Dict[str, List[str]]:
             if options:
                 groups.setdefault(folder.name, []).extend(options)
     return dict(sorted(groups.items()))
+
+
+def hide_schemas_from_completion() -> None:
+    """Tab completion (``python run.py -sc ...``) without the ``schema`` group of typed schemas:
+    Hydra lists every group of its config sources at the top level and has no hidden groups, so
+    its repository's listing of the top level leaves ``schema`` out (only for completion: the
+    yaml options still extend the schemas)."""
+    from hydra._internal.config_repository import ConfigRepository
+
+    listing = ConfigRepository.get_group_options
+
+    def get_group_options(self, group_name, *args, **kwargs):
+        options = listing(self, group_name, *args, **kwargs)
+        return [o for o in options if not (group_name == "" and o == "schema")]
+
+    ConfigRepository.get_group_options = get_group_options
 
 
 OmegaConf.register_new_resolver(

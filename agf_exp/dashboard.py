@@ -5,6 +5,11 @@ Report of the reproduction (see :mod:`agf_exp.results.dashboards` for what each 
     python -m agf_exp.dashboard ENTITY/PROJECT --tables table2,table4 --experiment paper
     python -m agf_exp.dashboard ENTITY/PROJECT --runs results/multi30k-small   # report statistics from local runs
     python -m agf_exp.dashboard ENTITY/PROJECT --runs results/multi30k-small --dry-run specs.json
+    python -m agf_exp.dashboard ENTITY/PROJECT --study lengthgen       # the length study: a view per task
+
+``--study lengthgen`` saves the length-generalization study's views instead (one per task: exact
+match against the target length, or BLEU against the number of joined sentences, per arm; the
+study's statistics and verdicts are REPORT.md's, ``python -m agf_exp.report lengthgen``).
 
 The views and the report have fixed names per (table, experiment) and per experiment, so running
 the command again (after more seeds finish) updates them in place; it prints their URLs. The
@@ -25,8 +30,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .results import ReportError
-from .results.dashboards import (NO_VIEW, DashboardError, build_report, build_view, library, referenced_keys,
-                                 report_content, report_title, view_slug, view_tables)
+from .results.dashboards import (NO_VIEW, DashboardError, build_report, build_study_view, build_view, library,
+                                 referenced_keys, report_content, report_title, study_tasks, study_view_slug,
+                                 view_slug, view_tables)
 from .results.runs import collect_runs, collect_wandb
 
 
@@ -50,13 +56,15 @@ def _api():
 
 
 def dry_run(views: List[Any], report: Any, out: Path) -> Dict[str, Any]:
-    """The specs as JSON (the library's models of what it saves) with the run keys they read."""
+    """The specs as JSON (the library's models of what it saves) with the run keys they read
+    (``report`` None: views only)."""
     specs = {"views": {}, "report": None}
     for view in views:
         spec = view._to_model().model_dump(by_alias=True, exclude_none=True)
         specs["views"][view._internal_name] = {"name": view.name, "spec": spec, "reads": _sorted(referenced_keys(spec))}
-    spec = report._to_model().model_dump(by_alias=True, exclude_none=True, mode="json")
-    specs["report"] = {"title": report.title, "spec": spec, "reads": _sorted(referenced_keys(spec))}
+    if report is not None:
+        spec = report._to_model().model_dump(by_alias=True, exclude_none=True, mode="json")
+        specs["report"] = {"title": report.title, "spec": spec, "reads": _sorted(referenced_keys(spec))}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(specs, indent=1, default=str) + "\n")
     return specs
@@ -67,7 +75,7 @@ def _sorted(keys: Dict[str, set]) -> Dict[str, list]:
 
 
 def save(api: Any, entity: str, project: str, views: List[Any], report: Any) -> List[str]:
-    """Save every view and the report, updating the ones saved before (same names); their URLs."""
+    """Save every view and the report (if any), updating the ones saved before (same names); their URLs."""
     from wandb_workspaces.workspaces import internal
 
     urls, saved = [], []
@@ -80,11 +88,12 @@ def save(api: Any, entity: str, project: str, views: List[Any], report: Any) -> 
             view.save()
             saved.append(view.name)
             urls.append(view.url)
-        existing = [r for r in api.reports(f"{entity}/{project}") if r.display_name == report.title]
-        if existing:
-            report.id = existing[0].id
-        report.save()
-        urls.append(report.url)
+        if report is not None:
+            existing = [r for r in api.reports(f"{entity}/{project}") if r.display_name == report.title]
+            if existing:
+                report.id = existing[0].id
+            report.save()
+            urls.append(report.url)
     except DashboardError:
         raise
     except Exception as e:
@@ -100,6 +109,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("project", metavar="ENTITY/PROJECT")
     parser.add_argument("--tables", help="comma-separated tables (default: every table with runs: "
                                          "table1,table2,table4,table5,table6)")
+    parser.add_argument("--study", choices=["lengthgen"], help="the length-generalization study's views (one per "
+                                                                "task) instead of the tables' views and report")
+    parser.add_argument("--tasks", help="with --study: comma-separated tasks (default: copy,reverse,scan,multi30k)")
     parser.add_argument("--all", action="store_true", help="every table with runs (the default)")
     parser.add_argument("--experiment", default="small", help="the scale the views show (default small)")
     parser.add_argument("--runs", type=Path, help="the report's statistics from these local run dirs "
@@ -113,6 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         tables = view_tables(None if args.all or not args.tables else args.tables.split(","))
         library()  # the missing-dependency line before any work
+        if args.study:
+            return _study(args, entity, project)
         if args.runs is None and args.dry_run:
             raise DashboardError("--dry-run has no network to read the runs from W&B: pass --runs DIR "
                                  "(e.g. results/multi30k-small) for the report's tables")
@@ -138,6 +152,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     for name, why in NO_VIEW.items():
         print(f"({name}: no view; {why})")
+    return 0
+
+
+def _study(args: argparse.Namespace, entity: str, project: str) -> int:
+    """``--study lengthgen``: a view per task, no report (REPORT.md holds the study's statistics)."""
+    if args.tables or args.runs:
+        raise DashboardError("--study builds the study's views only: drop --tables / --runs")
+    tasks = study_tasks(args.tasks.split(",") if args.tasks else None)
+    views = [build_study_view(entity, project, task) for task in tasks]
+    if args.dry_run:
+        specs = dry_run(views, None, args.dry_run)
+        print(f"wrote {args.dry_run}: {len(specs['views'])} view(s) ({', '.join(map(study_view_slug, tasks))}); "
+              "nothing was sent to W&B")
+        return 0
+    for url in save(_api(), entity, project, views, None):
+        print(url)
     return 0
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .config import row_of
+from .data.lengthgen import RANGES, TRAIN_MAX, exact_match, target_length
 from .tables import PAPER_ROWS
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,63 @@ def summary_metrics(summary: Dict[str, Any], config: Optional[Dict[str, Any]] = 
     return out
 
 
+#: the length study's curves (docs/lengthgen.md): exact match of the test split against the target
+#: length (synthetic tasks), BLEU / chrF against k, the number of test sentences joined into one
+#: input (MT); each curve has its own x, logged as history rows after the last training step
+LENGTH_X, JOIN_X = "lengthgen/length", "lengthgen/k"
+LENGTH_CURVES = {"lengthgen/test_em": LENGTH_X, "lengthgen/test_examples": LENGTH_X,
+                 "lengthgen/join_bleu": JOIN_X, "lengthgen/join_chrf": JOIN_X}
+_JOINED = re.compile(r"test_join(\d+)/(beam|greedy)")
+
+
+def length_metrics(config: Dict[str, Any], summary: Dict[str, Any],
+                   files: Mapping[str, Optional[Sequence[str]]]) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """The length study's W&B rows and summary of one run, from its final decoding: ``(rows,
+    summary)``. A synthetic task of :data:`agf_exp.data.lengthgen.RANGES` (``files``: its
+    ``test.greedy`` (else ``test.beam``) and ``test.ref`` lines) gets one row per target length
+    (``lengthgen/length``, ``lengthgen/test_em`` in %, ``lengthgen/test_examples``) and the exact match
+    per range of the report (``lengthgen/test_em/<range>``, e.g. ``1_2x``) with ``lengthgen/train_max``;
+    a run that decoded ``test_join<k>`` splits gets one row per k (k = 1: the test split) with BLEU
+    and chrF (beam, else greedy). Other runs: nothing. Live runs and exported run dirs both log these."""
+    rows: List[Dict[str, Any]] = []
+    out: Dict[str, Any] = {}
+    task = str((config.get("data") or {}).get("name"))
+    hyps = files.get("test.greedy") or files.get("test.beam")
+    refs = files.get("test.ref")
+    if task in RANGES and hyps and refs and len(hyps) == len(refs):
+        by_length: Dict[int, List[bool]] = {}
+        for hyp, ref in zip(hyps, refs):
+            by_length.setdefault(target_length(ref), []).append(exact_match(hyp, ref))
+        for length in sorted(by_length):
+            ok = by_length[length]
+            rows.append({LENGTH_X: length, "lengthgen/test_em": 100.0 * sum(ok) / len(ok),
+                         "lengthgen/test_examples": len(ok)})
+        for rg in RANGES[task]:
+            ok = [x for length, xs in by_length.items() if rg.low <= length <= rg.high for x in xs]
+            if ok:
+                out[f"lengthgen/test_em/{rg.key}"] = 100.0 * sum(ok) / len(ok)
+        out["lengthgen/train_max"] = TRAIN_MAX[task]
+    decoding = summary.get("decoding") if isinstance(summary.get("decoding"), dict) else {}
+    joins = sorted({int(m.group(1)) for key in decoding for m in [_JOINED.fullmatch(key)] if m})
+    strategy = "beam" if "test/beam" in decoding else "greedy"
+    for k in [1, *joins] if joins else []:
+        scores = decoding.get(f"test/{strategy}" if k == 1 else f"test_join{k}/{strategy}")
+        if isinstance(scores, dict) and "bleu" in scores and "chrf" in scores:
+            rows.append({JOIN_X: k, "lengthgen/join_bleu": scores["bleu"], "lengthgen/join_chrf": scores["chrf"]})
+    return rows, out
+
+
+def log_length_metrics(logger, config: Dict[str, Any], summary: Dict[str, Any],
+                       files: Mapping[str, Optional[Sequence[str]]], step: int) -> None:
+    """:func:`length_metrics` into ``logger``: the rows at the steps after ``step`` (the last
+    training step), one each, then the summary values."""
+    rows, values = length_metrics(config, summary, files)
+    for i, row in enumerate(rows):
+        logger.log(row, step=step + 1 + i)
+    if values:
+        logger.summary(values)
+
+
 def eval_metrics(record: Dict[str, Any]) -> Dict[str, Any]:
     """One evaluation (a metrics.jsonl record) as the W&B history row the trainer logs."""
     return {f"eval/{k}": v for k, v in record.items() if v is not None}
@@ -155,6 +214,11 @@ class WandbLogger:
             self.run.define_metric("eval/epoch", hidden=True)
             for key in EVAL_KEYS:
                 self.run.define_metric(key, step_metric="eval/epoch", summary=EVAL_SUMMARY.get(key, "last"))
+            # the length study's curves against their own x (no summary: the ranges are summarised)
+            for x in (LENGTH_X, JOIN_X):
+                self.run.define_metric(x, hidden=True)
+            for key, x in LENGTH_CURVES.items():
+                self.run.define_metric(key, step_metric=x, summary="none")
         if mode == "offline":
             log.info("W&B is offline; upload later with `wandb sync %s/wandb/offline-run-*`", wandb_dir or run_dir)
 

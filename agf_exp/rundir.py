@@ -45,7 +45,7 @@ from .config import ConfigError, config_diff, decode_config, to_container, valid
 from .distributed import Dist
 from .distributed import init as init_distributed
 from .evaluation import score_translations, translate
-from .loggers import NullLogger, build_logger, summary_metrics
+from .loggers import NullLogger, build_logger, log_length_metrics, summary_metrics
 from .preemption import PreemptionGuard
 from .runfiles import RunFileError, read_config, read_json
 from .runlock import RunDirLock, RunDirLocked
@@ -300,11 +300,19 @@ def _finish(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], logger) -
     summary = _summary(cfg, trainer, params, last, decoded)
     write_json(run_dir / "summary.json", summary)
     logger.summary(summary_metrics(summary, trainer.config))
+    log_length_metrics(logger, trainer.config, summary, _decoded_lines(run_dir), step)
     logger.save_files([run_dir / "summary.json", run_dir / "config.yaml", run_dir / "metrics.jsonl",
                        *sorted((run_dir / "hyps").glob("*.txt"))])
     tokenizer = trainer.data.tokenizer
     logger.log_artifacts(tokenizer=getattr(tokenizer, "model_proto", None))
     return summary
+
+
+def _decoded_lines(run_dir: Path) -> Dict[str, List[str]]:
+    """The test split's translations and references as ``{"test.greedy": lines, ...}`` (what the
+    length study's W&B curves read)."""
+    return {path.name[:-4]: path.read_text(encoding="utf-8").split("\n")[:-1]
+            for path in sorted((run_dir / "hyps").glob("test.*.txt"))}
 
 
 def _summary(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], last: Dict[str, Any],

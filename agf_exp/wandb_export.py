@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .analysis.curves import plot_run_curves
 from .atomic import atomic_write_bytes
 from .config import LoggerConfig, WandbMode
-from .loggers import build_logger, eval_metrics, summary_metrics
+from .loggers import build_logger, eval_metrics, log_length_metrics, summary_metrics
 from .results.runs import Run, collect_runs
 from .runfiles import RunFileError
 
@@ -113,6 +113,7 @@ def export_run(run: Run, root: Path, entity: Optional[str], project: str, mode: 
         if images:
             logger.log_images(images, step=step)
         logger.summary(summary_metrics(summary, config))
+        log_length_metrics(logger, config, summary, run.files, step)
         logger.save_files([run_dir / "summary.json", run_dir / "config.yaml", run_dir / "metrics.jsonl",
                            *sorted((run_dir / "hyps").glob("*.txt"))])
         logger.log_artifacts(tokenizer=_tokenizer(root, config, summary, tokenizer))

@@ -1,6 +1,7 @@
 """Config composition: every group option, typed schemas, start-up errors."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +175,23 @@ def test_help_lists_user_facing_groups_only():
     assert out.returncode == 0, out.stderr
     groups = out.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     lines = {line.split(":")[0]: line.split(": ")[1] for line in groups.splitlines() if ": " in line and "(" not in line}
-    assert "base_" not in groups and "wandb" not in lines  # no schemas, no W&B sweep files
+    assert "base_" not in groups and "schema" not in lines and "wandb" not in lines  # no schemas, no W&B sweep files
     assert lines["pos"].split(", ") == sorted(MODES) and "table4" in lines["table"] and "lengthgen_synthetic" in lines["study"]
     assert lines["logger"] == "none, wandb" and lines["trainer"] == "default"
+
+
+def _complete(line: str) -> list:
+    env = {**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))}
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), "-sc", "query=bash"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_tab_completion_offers_user_facing_options_only():
+    top = _complete("python run.py ")
+    assert {"pos=", "data=", "arm=", "experiment=", "seed="} <= set(top)
+    assert not [w for w in top if w.startswith(("schema", "wandb", "base_"))]  # typed schemas, W&B sweep files
+    assert _complete("python run.py pos=") == [f"pos={m}" for m in sorted(MODES)]
+    assert "data=copy" in _complete("python run.py data=") and not any("base_" in w for w in _complete("python run.py data="))
+    assert _complete("python run.py +table=") == [f"+table=table{i}" for i in range(1, 7)]  # no .wandb.yml

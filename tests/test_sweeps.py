@@ -62,7 +62,7 @@ def test_sweep_configs_match_the_table_definitions(name):
     params = sweep["hydra"]["sweeper"]["params"]
     assert params["row"].split(",") == spec.rows and str(params["seed"]).split(",") == ["1", "2", "3", "4", "5"]
     assert sweep["hydra"]["mode"] == "MULTIRUN"
-    wandb_sweep = yaml.safe_load((ROOT / "sweeps/wandb" / f"{name}.yml").read_text())
+    wandb_sweep = yaml.safe_load((ROOT / "sweeps/table" / f"{name}.wandb.yml").read_text())
     assert wandb_sweep["parameters"]["row"]["values"] == spec.rows
     assert wandb_sweep["parameters"]["seed"]["values"] == [1, 2, 3, 4, 5]  # as the committed reproduction
     assert wandb_sweep["parameters"]["experiment"]["values"] == ["small"]  # the scale is a parameter

@@ -178,3 +178,37 @@ def load_scan(cfg: ScanConfig, seed: int) -> ParallelCorpus:
     test_what = f"{shortest_test}-48" if shortest_test else f"> {longest_train}"
     return ParallelCorpus(splits, f"SCAN {cfg.split} split: train {len(train)} commands (<= {longest_train} actions), "
                                   f"test {len(test)} ({test_what} actions)")
+
+
+# ---- what the length study measures (docs/lengthgen.md, "Metric") ------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    """Target lengths ``low``-``high`` (inclusive, in symbols / actions); ``key`` names it in W&B."""
+
+    name: str
+    low: int
+    high: int
+    key: str = ""
+
+
+#: the length ranges of each task; training maxima 16 (copy, reverse: ``train_max``) and 22 actions
+#: (SCAN's length split)
+RANGES: Dict[str, Tuple[Range, ...]] = {
+    "copy": (Range("in-distribution", 1, 16, "in_dist"), Range("1-2x", 17, 32, "1_2x"), Range("2-4x", 33, 64, "2_4x")),
+    "reverse": (Range("in-distribution", 1, 16, "in_dist"), Range("1-2x", 17, 32, "1_2x"),
+                Range("2-4x", 33, 64, "2_4x")),
+    "scan": (Range("test split", 24, 48, "test_split"),),
+}
+TRAIN_MAX = {"copy": 16, "reverse": 16, "scan": 22}
+
+
+def target_length(reference: str) -> int:
+    """An example's length: its reference's whitespace-separated tokens (symbols, actions)."""
+    return len(reference.split())
+
+
+def exact_match(hypothesis: str, reference: str) -> bool:
+    """The whole output equals the reference, token for token."""
+    return hypothesis.split() == reference.split()

@@ -26,7 +26,7 @@ uses the left parameters.
 To add a mode: write one file in this package with a config dataclass (subclass of
 :class:`PosConfig`, ``name`` set to the mode's name) and a module class (subclass of
 :class:`PositionalMode`), decorate the class with ``@register_mode(ConfigClass)``, and add
-``conf/pos/<name>.yaml`` whose defaults list starts with ``base_<name>``. Nothing else changes.
+``conf/pos/<name>.yaml`` whose defaults list starts with ``/schema/pos/<name>@_here_``. Nothing else changes.
 """
 from __future__ import annotations
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Set
 
+from ..data.lengthgen import RANGES, TRAIN_MAX
+from ..loggers import JOIN_X, LENGTH_X
 from ..tables import PAPER_ROWS, TABLES, Table
 from ..tables import table as get_table
 from .claims import evaluate_claims
@@ -128,6 +130,79 @@ def build_view(entity: str, project: str, table: Table, experiment: str):
         runset_settings=workspaces.RunsetSettings(filters=_filters(workspaces, table, experiment),
                                                   groupby=[workspaces.Config("row")]))
     view._internal_name = f"nw-{view_slug(table, experiment)}-v"
+    return view
+
+
+# ------------------------------------------------------------------------------------------------
+# the length-generalization study (docs/lengthgen.md): one view per task
+
+
+#: the study's tasks and the study (sweep) each belongs to
+STUDY_TASKS = {"copy": "lengthgen_synthetic", "reverse": "lengthgen_synthetic", "scan": "lengthgen_synthetic",
+               "multi30k": "lengthgen_mt"}
+
+
+def study_tasks(names: Optional[Sequence[str]] = None) -> List[str]:
+    """The study's tasks that get a view (all of them when ``names`` is None)."""
+    if names is None:
+        return list(STUDY_TASKS)
+    unknown = [n for n in names if n not in STUDY_TASKS]
+    if unknown:
+        raise DashboardError(f"no length-study view for {', '.join(unknown)}: the tasks are {', '.join(STUDY_TASKS)}")
+    return list(names)
+
+
+def study_view_slug(task: str) -> str:
+    return f"agf_lengthgen_{task}"
+
+
+def _study_panels(reports, task: str) -> Dict[str, list]:
+    group = dict(groupby_aggfunc="mean", groupby_rangefunc=BAND)
+    learning = [reports.LinePlot(title="validation accuracy (%) (in distribution; not used to choose the checkpoint)",
+                                 x="Step", y=["eval/val_acc"], **group)]
+    if STUDY_TASKS[task] == "lengthgen_mt":
+        text = ("**Multi30k, train short / test long** (docs/lengthgen.md, MT part): trained on pairs whose source "
+                "has ≤ 12 words, decoded with the last weights. x = k, the number of consecutive test sentences "
+                "joined into one input (k = 1: test_2016_flickr). The robustness ratio and the verdicts are in "
+                "REPORT.md (`python -m agf_exp.report lengthgen`).")
+        return {
+            f"Length generalization ({BAND_LABEL})": [
+                reports.LinePlot(title="test BLEU against k joined sentences", x=JOIN_X, y=["lengthgen/join_bleu"],
+                                 **group),
+                reports.LinePlot(title="test chrF against k joined sentences", x=JOIN_X, y=["lengthgen/join_chrf"],
+                                 **group),
+                reports.BarPlot(title="test BLEU (beam): single sentences and 8 joined",
+                                metrics=["test/beam/bleu", "test_join8/beam/bleu"], **group),
+                reports.MarkdownPanel(markdown=text)],
+            f"Training ({BAND_LABEL})": learning}
+    ranges = RANGES[task]
+    text = (f"**{task}** (docs/lengthgen.md): trained on targets of ≤ {TRAIN_MAX[task]} tokens, the same budget for "
+            "every arm, decoded greedily with the last weights. Exact match (%) of the test split per target "
+            "length; ranges: " + "; ".join(f"{rg.name} = {rg.low}-{rg.high}" for rg in ranges) + ". A seed solves a "
+            "range at ≥ 90 %. Intervals over seeds, the paired bootstrap against sinusoidal and the verdicts are in "
+            "REPORT.md (`python -m agf_exp.report lengthgen`).")
+    return {
+        f"Length generalization ({BAND_LABEL})": [
+            reports.LinePlot(title=f"test exact match (%) against the target length (trained ≤ {TRAIN_MAX[task]})",
+                             x=LENGTH_X, y=["lengthgen/test_em"], **group),
+            reports.BarPlot(title="test exact match (%) per length range",
+                            metrics=[f"lengthgen/test_em/{rg.key}" for rg in ranges], **group),
+            reports.MarkdownPanel(markdown=text)],
+        f"Training ({BAND_LABEL})": learning}
+
+
+def build_study_view(entity: str, project: str, task: str):
+    """The saved workspace view of the length study on one task: its runs (by ``study`` and
+    ``data.name``) grouped by ``arm``."""
+    workspaces, reports = library()
+    sections = [workspaces.Section(name=name, panels=panels, is_open=True)
+                for name, panels in _study_panels(reports, task).items()]
+    view = workspaces.Workspace(
+        entity=entity, project=project, name=f"agf-exp length generalization: {task}", sections=sections,
+        runset_settings=workspaces.RunsetSettings(
+            filters=[workspaces.Config("study") == STUDY_TASKS[task], workspaces.Config("data.name") == task],
+            groupby=[workspaces.Config("arm")]))
+    view._internal_name = f"nw-{study_view_slug(task)}-v"
     return view
 
 

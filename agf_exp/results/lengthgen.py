@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data.lengthgen import RANGES, TRAIN_MAX, Range, exact_match, target_length
 from .runs import Run
 from .stats import holm, mean_ci, shifted_null
 
@@ -27,23 +28,6 @@ H2_MARGIN = -5.0
 SHORT = 0.7  # H3: an output shorter than 0.7x its reference ends early
 MIN_SEEDS = 5  # the protocol's seeds per (task, arm): no verdict rests on fewer
 N_BOOTSTRAP = 1000
-
-
-@dataclass(frozen=True)
-class Range:
-    name: str
-    low: int
-    high: int
-
-
-#: the length ranges of each task (docs/lengthgen.md, "Metric"); training maxima 16 (copy,
-#: reverse) and 22 actions (SCAN's length split)
-RANGES: Dict[str, Tuple[Range, ...]] = {
-    "copy": (Range("in-distribution", 1, 16), Range("1-2x", 17, 32), Range("2-4x", 33, 64)),
-    "reverse": (Range("in-distribution", 1, 16), Range("1-2x", 17, 32), Range("2-4x", 33, 64)),
-    "scan": (Range("test split", 24, 48),),
-}
-TRAIN_MAX = {"copy": 16, "reverse": 16, "scan": 22}
 
 
 @dataclass
@@ -68,9 +52,9 @@ def study_runs(runs: Sequence[Run], study: str = "lengthgen_synthetic") -> Tuple
         if arm is None or hyps is None or refs is None or len(hyps) != len(refs):
             skipped.append(f"{r.path}: no arm or no whole hyps/test.greedy.txt + test.ref.txt")
             continue
-        lengths = np.array([len(ref.split()) for ref in refs])
-        correct = np.array([h.split() == ref.split() for h, ref in zip(hyps, refs)])
-        short = np.array([len(h.split()) < SHORT * len(ref.split()) for h, ref in zip(hyps, refs)])
+        lengths = np.array([target_length(ref) for ref in refs])
+        correct = np.array([exact_match(h, ref) for h, ref in zip(hyps, refs)])
+        short = np.array([len(h.split()) < SHORT * target_length(ref) for h, ref in zip(hyps, refs)])
         out.append(StudyRun(task, str(arm), int(r.seed), lengths, correct, short, r.path))
     return sorted(out, key=lambda s: (s.task, s.arm, s.seed)), skipped
 
