@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import enum
+import os
 import platform
 from typing import Optional, Tuple
 
@@ -126,6 +127,23 @@ def tune_cpu_allocator() -> bool:
 
 
 _ALLOCATOR_TUNED: Optional[bool] = None
+
+#: oneDNN primitives kept for reuse in a bf16 process on the CPU. oneDNN (PyTorch's bf16 matmul
+#: on a CPU) keeps up to 1,024 by default, one per new shape with its buffers; training batches
+#: change shape every update, so the default cache only grew: a bf16 run's peak RSS rose with
+#: every update, above fp32's (benchmarks/README.md, "Whole-run peak RSS"). 16 keeps the few
+#: shapes a decoding step repeats (beam search at full speed; 0 costs it 4-14 %).
+ONEDNN_CACHE_CAPACITY = 16
+ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+
+
+def limit_onednn_cache(capacity: int = ONEDNN_CACHE_CAPACITY) -> Optional[str]:
+    """Cap oneDNN's primitive cache for this process (its ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``),
+    unless the user set it; the capacity in force, as oneDNN will read it. oneDNN reads the
+    variable once, when the process creates its first primitive: call this before any bf16
+    matmul (the trainer does, before it builds the model)."""
+    os.environ.setdefault(ONEDNN_CACHE_ENV, str(capacity))
+    return os.environ[ONEDNN_CACHE_ENV]
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):

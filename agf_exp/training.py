@@ -27,8 +27,8 @@ from .atomic import append_line, atomic_write_bytes
 from .config import ConfigError, config_diff, to_container
 from .data import DataBundle, collate, make_batches, prepare_data
 from .data.tokenizer import PAD
-from .devices import (Precision, autocast, cpu_bf16_units, cpu_precision_problem, describe_precision, resolve_device,
-                      tune_cpu_allocator)
+from .devices import (Precision, autocast, cpu_bf16_units, cpu_precision_problem, describe_precision,
+                      limit_onednn_cache, resolve_device, tune_cpu_allocator)
 from .distributed import Dist
 from .evaluation import evaluate_split, smoothed_loss
 from .fused_loss import linear_cross_entropy
@@ -179,6 +179,8 @@ class Trainer:
         self.fused_loss = self.device.type == "cpu" and self.amp_dtype == torch.bfloat16
         if self.device.type == "cpu":
             tune_cpu_allocator()
+        if self.fused_loss:  # bf16 on the CPU: a bounded oneDNN cache (devices.ONEDNN_CACHE_CAPACITY)
+            limit_onednn_cache()
         seed_everything(cfg.seed)
         if not self.dist.main:
             self.dist.wait_for_main()  # rank 0 trains the tokenizer and builds any binarised cache first

@@ -160,3 +160,13 @@ def test_precision_benchmark_prints_every_variant_as_a_ratio_to_fp32():
     assert [r[1] for r in rows] == ["fp32", "bf16 (trainer)"]
     assert rows[0][3] == "1.00" and float(rows[1][3]) > 0  # update tokens/s as a ratio to fp32 of the same round
     assert "bf16 matmul peak" in proc.stdout and "failed" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_run_rss_benchmark_prints_each_variant_beside_fp32():
+    proc = subprocess.run([sys.executable, "benchmarks/run_rss.py", "--steps", "1", "--experiment", "smoke",
+                           "--variants", "fp32", "bf16"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"variant", "fp32", "bf16"} and rows["fp32"][2] == "1.00" and float(rows["bf16"][1]) > 100
+

@@ -213,3 +213,18 @@ def test_evaluation_in_bf16_projects_chunk_by_chunk_close_to_fp32(monkeypatch):
     assert small["val_acc"] == pytest.approx(bf16["val_acc"], abs=1e-9)
     assert bf16["val_loss"] == pytest.approx(fp32["val_loss"], rel=0.02)
     assert abs(bf16["val_acc"] - fp32["val_acc"]) < 5.0
+
+
+@pytest.mark.parametrize("precision,user,capped", [("bf16", None, str(devices.ONEDNN_CACHE_CAPACITY)),
+                                                   ("bf16", "1024", "1024"), ("fp32", None, None)])
+def test_a_bf16_trainer_caps_onednn_s_primitive_cache_unless_the_user_set_it(monkeypatch, tmp_path, precision, user,
+                                                                             capped):
+    """oneDNN's default cache (1,024 primitives, one per new matmul shape) grew a bf16 run's RSS
+    with every update (benchmarks/run_rss.py); the trainer caps it before its first matmul."""
+    from agf_exp.training import Trainer
+
+    monkeypatch.delenv(devices.ONEDNN_CACHE_ENV, raising=False)
+    if user is not None:
+        monkeypatch.setenv(devices.ONEDNN_CACHE_ENV, user)
+    Trainer(make_cfg("experiment=smoke", f"trainer.precision={precision}", "trainer.device=cpu"), tmp_path / "run")
+    assert devices.os.environ.get(devices.ONEDNN_CACHE_ENV) == capped

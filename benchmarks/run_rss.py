@@ -1,0 +1,96 @@
+"""Peak RSS of whole training runs, fp32 against bf16, side by side (docs/precision.md).
+
+    MULTI30K_ROOT=... python benchmarks/run_rss.py                      # experiment=small, 120 updates
+    MULTI30K_ROOT=... python benchmarks/run_rss.py --steps 300 --variants fp32 bf16
+    python benchmarks/run_rss.py --steps 2 --experiment smoke          # any scale (the smoke test)
+
+benchmarks/precision.py times one update on batches of one shape; a real run's batches change
+shape every update, which is what fills oneDNN's primitive cache in bf16 (one primitive per new
+matmul shape, 1,024 kept by default). Here each variant is a real ``run.py`` run (its own process,
+one thread, Multi30k's batches, the evaluation at the end, no final decoding), the variants started
+two at a time so that a shared machine's load hits a pair alike. Per variant: the process's peak
+RSS (``wait4``'s ru_maxrss, the whole process over the whole run), the training tokens/s of its
+last evaluation record, and both as ratios to fp32's of the same run. Variants:
+
+* ``fp32``, ``bf16`` (the trainer's bf16 path, oneDNN's cache capped at
+  ``devices.ONEDNN_CACHE_CAPACITY``);
+* ``bf16-cache1024``: the same with oneDNN's default cache (``ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024``,
+  what the trainer did before the cap).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: name -> (trainer.precision, extra environment)
+VARIANTS = {
+    "fp32": ("fp32", {}),
+    "bf16": ("bf16", {}),
+    "bf16-cache1024": ("bf16", {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}),
+}
+
+
+def start(variant: str, experiment: str, steps: int, overrides: list, out: Path) -> subprocess.Popen:
+    precision, env = VARIANTS[variant]
+    cmd = [sys.executable, str(ROOT / "run.py"), f"experiment={experiment}", f"trainer.max_steps={steps}",
+           f"trainer.eval_every_steps={steps}", "trainer.decode_splits=[]", "trainer.num_threads=1",
+           "trainer.progress=false", f"trainer.precision={precision}", *overrides, "hydra.mode=RUN",
+           f"hydra.run.dir={out}"]
+    if os.environ.get("MULTI30K_ROOT") and experiment == "small":
+        cmd.insert(3, f"data.root={os.environ['MULTI30K_ROOT']}")
+    child_env = {**os.environ, **env}
+    if not env:
+        child_env.pop("ONEDNN_PRIMITIVE_CACHE_CAPACITY", None)  # the trainer's own setting
+    return subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen, variant: str, out: Path) -> dict:
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant}: run.py exited {proc.returncode}: {err.strip().splitlines()[-1:]}")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"variant": variant, "peak_rss_mib": usage.ru_maxrss / 1024, "tokens_per_s": records[-1]["tokens_per_s"],
+            "val_acc": records[-1]["val_acc"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--steps", type=int, default=120, help="updates per run")
+    parser.add_argument("--experiment", default="small", help="the scale (default small: Multi30k, MULTI30K_ROOT)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("overrides", nargs="*", help="more run.py overrides (after --)")
+    args = parser.parse_args()
+    variants = ["fp32"] + [v for v in args.variants if v != "fp32"]  # the baseline of every ratio
+    results = []
+    with tempfile.TemporaryDirectory(prefix="agf-run-rss-") as tmp:
+        for i in range(0, len(variants), 2):
+            pair = variants[i:i + 2]
+            procs = [(v, start(v, args.experiment, args.steps, args.overrides, Path(tmp) / v), Path(tmp) / v) for v in pair]
+            results += [finish(p, v, out) for v, p, out in procs]
+    base = results[0]
+    print(f"# whole-run peak RSS, experiment={args.experiment}, {args.steps} updates, one thread per run, two runs at a time "
+          f"({datetime.date.today()}, {platform.processor() or platform.machine()})")
+    print("| variant | peak RSS MiB | x fp32 | train tokens/s | x fp32 | val acc % |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['variant']} | {r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] / base['peak_rss_mib']:.2f} | "
+              f"{r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f} | {r['val_acc']:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
