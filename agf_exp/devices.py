@@ -137,7 +137,7 @@ ONEDNN_CACHE_CAPACITY = 16
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
-def limit_onednn_cache(capacity: int = ONEDNN_CACHE_CAPACITY) -> Optional[str]:
+def limit_onednn_cache(capacity: int = ONEDNN_CACHE_CAPACITY) -> str:
     """Cap oneDNN's primitive cache for this process (its ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``),
     unless the user set it; the capacity in force, as oneDNN will read it. oneDNN reads the
     variable once, when the process creates its first primitive: call this before any bf16

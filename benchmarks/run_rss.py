@@ -1,21 +1,22 @@
 """Peak RSS of whole training runs, fp32 against bf16, side by side (docs/precision.md).
 
     MULTI30K_ROOT=... python benchmarks/run_rss.py                      # experiment=small, 120 updates
-    MULTI30K_ROOT=... python benchmarks/run_rss.py --steps 300 --variants fp32 bf16
+    MULTI30K_ROOT=... python benchmarks/run_rss.py --steps 300 --variants bf16 bf16-cache0
     python benchmarks/run_rss.py --steps 2 --experiment smoke          # any scale (the smoke test)
 
 benchmarks/precision.py times one update on batches of one shape; a real run's batches change
 shape every update, which is what fills oneDNN's primitive cache in bf16 (one primitive per new
 matmul shape, 1,024 kept by default). Here each variant is a real ``run.py`` run (its own process,
-one thread, Multi30k's batches, the evaluation at the end, no final decoding), the variants started
-two at a time so that a shared machine's load hits a pair alike. Per variant: the process's peak
-RSS (``wait4``'s ru_maxrss, the whole process over the whole run), the training tokens/s of its
-last evaluation record, and both as ratios to fp32's of the same run. Variants:
+one thread, Multi30k's batches, the evaluation at the end, no final decoding), started at the same
+time as an fp32 run of its own, so that a shared machine's load hits the pair alike. Per variant:
+the process's peak RSS (``wait4``'s ru_maxrss, the whole process over the whole run) and the
+training tokens/s of its last evaluation record, each as a ratio to its paired fp32 run's.
+Variants:
 
 * ``fp32``, ``bf16`` (the trainer's bf16 path, oneDNN's cache capped at
   ``devices.ONEDNN_CACHE_CAPACITY``);
 * ``bf16-cache1024``: the same with oneDNN's default cache (``ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024``,
-  what the trainer did before the cap).
+  what the trainer did before the cap); ``bf16-cache0``: no cache at all.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ VARIANTS = {
     "fp32": ("fp32", {}),
     "bf16": ("bf16", {}),
     "bf16-cache1024": ("bf16", {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}),
+    "bf16-cache0": ("bf16", {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}),
 }
 
 
@@ -66,29 +68,29 @@ def finish(proc: subprocess.Popen, variant: str, out: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["bf16", "bf16-cache1024"],
+                        choices=[v for v in VARIANTS if v != "fp32"], help="each runs beside an fp32 run of its own")
     parser.add_argument("--steps", type=int, default=120, help="updates per run")
     parser.add_argument("--experiment", default="small", help="the scale (default small: Multi30k, MULTI30K_ROOT)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("overrides", nargs="*", help="more run.py overrides (after --)")
     args = parser.parse_args()
-    variants = ["fp32"] + [v for v in args.variants if v != "fp32"]  # the baseline of every ratio
-    results = []
+    pairs = []
     with tempfile.TemporaryDirectory(prefix="agf-run-rss-") as tmp:
-        for i in range(0, len(variants), 2):
-            pair = variants[i:i + 2]
-            procs = [(v, start(v, args.experiment, args.steps, args.overrides, Path(tmp) / v), Path(tmp) / v) for v in pair]
-            results += [finish(p, v, out) for v, p, out in procs]
-    base = results[0]
-    print(f"# whole-run peak RSS, experiment={args.experiment}, {args.steps} updates, one thread per run, two runs at a time "
-          f"({datetime.date.today()}, {platform.processor() or platform.machine()})")
-    print("| variant | peak RSS MiB | x fp32 | train tokens/s | x fp32 | val acc % |")
+        for i, variant in enumerate(args.variants):
+            procs = [(v, start(v, args.experiment, args.steps, args.overrides, Path(tmp) / f"{i}-{v}"),
+                      Path(tmp) / f"{i}-{v}") for v in ("fp32", variant)]
+            pairs.append([finish(p, v, out) for v, p, out in procs])
+    print(f"# whole-run peak RSS, experiment={args.experiment}, {args.steps} updates, one thread per run, each "
+          f"variant beside an fp32 run of its own ({datetime.date.today()}, {platform.processor() or platform.machine()})")
+    print("| variant | peak RSS MiB (its fp32) | x fp32 | train tokens/s (its fp32) | x fp32 | val acc % |")
     print("|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['variant']} | {r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] / base['peak_rss_mib']:.2f} | "
-              f"{r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f} | {r['val_acc']:.2f} |")
+    for base, r in pairs:
+        print(f"| {r['variant']} | {r['peak_rss_mib']:.0f} ({base['peak_rss_mib']:.0f}) | "
+              f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f} | {r['tokens_per_s']:.0f} ({base['tokens_per_s']:.0f}) | "
+              f"{r['tokens_per_s'] / base['tokens_per_s']:.2f} | {r['val_acc']:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        args.json.write_text(json.dumps(pairs, indent=1) + "\n")
     return 0
 
 

@@ -165,8 +165,9 @@ def test_precision_benchmark_prints_every_variant_as_a_ratio_to_fp32():
 @pytest.mark.slow
 def test_run_rss_benchmark_prints_each_variant_beside_fp32():
     proc = subprocess.run([sys.executable, "benchmarks/run_rss.py", "--steps", "1", "--experiment", "smoke",
-                           "--variants", "fp32", "bf16"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--variants", "bf16"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")}
-    assert set(rows) == {"variant", "fp32", "bf16"} and rows["fp32"][2] == "1.00" and float(rows["bf16"][1]) > 100
+    assert set(rows) == {"variant", "bf16"} and float(rows["bf16"][1].split()[0]) > 100  # MiB (its fp32's)
+    assert float(rows["bf16"][2]) > 0 and float(rows["bf16"][4]) > 0  # ratios to the fp32 run beside it
 
