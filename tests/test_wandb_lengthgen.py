@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agf_exp import dashboard, wandb_export
+from agf_exp.data.lengthgen import RANGES
 from agf_exp.loggers import JOIN_X, LENGTH_X, length_metrics
 from agf_exp.results.lengthgen import study_runs, summarize
 from agf_exp.results.runs import collect_runs
@@ -66,22 +67,24 @@ def test_the_committed_study_exports_with_every_key_its_views_read(wandb_home, t
     train_runs = [x for x in logged if x["run"]["job_type"] == "train"]
     runs, _ = study_runs(collect_runs(STUDY))
     assert len(train_runs) == len(runs) >= 12
-    reads = _view_reads(tmp_path, "copy")["copy"]
-    report = summarize(runs, n_bootstrap=10)["tasks"]["copy"]["arms"]
+    reads = _view_reads(tmp_path, "copy", "reverse", "scan")
+    tasks = summarize(runs, n_bootstrap=10)["tasks"]
     for x in train_runs:
-        name = x["run"]["name"]
-        assert set(reads["history"]) <= history_keys(x), (name, set(reads["history"]) - history_keys(x))
-        assert set(reads["summary"]) <= set(x["summary"]), (name, set(reads["summary"]) - set(x["summary"]))
-        assert x["config"]["study"] == "lengthgen_synthetic" and x["config"]["data"]["name"] == "copy"
+        name, task = x["run"]["name"], x["config"]["data"]["name"]
+        view = reads[task]
+        assert set(view["history"]) <= history_keys(x), (name, set(view["history"]) - history_keys(x))
+        assert set(view["summary"]) <= set(x["summary"]), (name, set(view["summary"]) - set(x["summary"]))
+        assert x["config"]["study"] == "lengthgen_synthetic"
         assert x["metrics"]["lengthgen/test_em"]["step_metric"] == LENGTH_X
         # the same numbers as the report's (REPORT.md): per range and per length, this seed
-        arm = report[x["config"]["arm"]]
-        assert arm["seeds"] == [1]
-        for key, rng in (("in_dist", "in-distribution"), ("1_2x", "1-2x"), ("2_4x", "2-4x")):
-            assert x["summary"][f"lengthgen/test_em/{key}"] == pytest.approx(arm["ranges"][rng]["values"][0]), name
+        arm = tasks[task]["arms"][x["config"]["arm"]]
+        i = arm["seeds"].index(x["config"]["seed"])
+        for rng in RANGES[task]:
+            assert x["summary"][f"lengthgen/test_em/{rng.key}"] == pytest.approx(arm["ranges"][rng.name]["values"][i])
         curve = {h[LENGTH_X]: h["lengthgen/test_em"] for h in x["history"] if LENGTH_X in h}
-        assert sorted(curve) == list(range(4, 65))
-        assert all(curve[n] == pytest.approx(arm["curve"][n]["mean"]) for n in curve), name
+        assert sorted(curve) == tasks[task]["lengths"]
+        if len(arm["seeds"]) == 1:  # the report's per-length curve is this run's
+            assert all(curve[n] == pytest.approx(arm["curve"][n]["mean"]) for n in curve), name
         # after the last training step, so that the learning curves keep their x
         steps = [h["_step"] for h in x["history"] if LENGTH_X in h]
         assert min(steps) > max(h["_step"] for h in x["history"] if "eval/val_acc" in h)
