@@ -52,15 +52,19 @@ def start(variant: str, experiment: str, steps: int, overrides: list, out: Path)
     child_env = {**os.environ, **env}
     if not env:
         child_env.pop("ONEDNN_PRIMITIVE_CACHE_CAPACITY", None)  # the trainer's own setting
-    return subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{out.name}.err", "wb") as err:  # a file, not a pipe: a long run's log never blocks it
+        return subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL, stderr=err)
 
 
 def finish(proc: subprocess.Popen, variant: str, out: Path) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    err = (out.parent / f"{out.name}.err").read_text(errors="replace")
     if proc.returncode != 0:
-        raise SystemExit(f"{variant}: run.py exited {proc.returncode}: {err.strip().splitlines()[-1:]}")
+        lines = [line for line in err.strip().splitlines() if line and "HYDRA_FULL_ERROR" not in line]
+        why = (lines[-1] if "Traceback" in err else lines[0]) if lines else "(no message)"  # Hydra's errors lead
+        raise SystemExit(f"{variant}: run.py exited {proc.returncode}: {why}")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"variant": variant, "peak_rss_mib": usage.ru_maxrss / 1024, "tokens_per_s": records[-1]["tokens_per_s"],
             "val_acc": records[-1]["val_acc"]}
