@@ -293,26 +293,20 @@ def _finish(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], logger) -
     run_dir, step = trainer.run_dir, trainer.state.step
     with PreemptionGuard(immediate="the final decoding",  # a rerun resumes at the end and decodes
                          after="last.pt holds the finished training: run the same command again to decode"):
-        decoded = final_decode(trainer)
+        lines: Dict[str, List[str]] = {}
+        decoded = final_decode(trainer, lines)
     draw_fields(trainer.model, run_dir, str(cfg.pos.name), logger, step)
     draw_curves(run_dir, logger, step)
     last = trainer.records[-1] if trainer.records else {}
     summary = _summary(cfg, trainer, params, last, decoded)
     write_json(run_dir / "summary.json", summary)
     logger.summary(summary_metrics(summary, trainer.config))
-    log_length_metrics(logger, trainer.config, summary, _decoded_lines(run_dir), step)
+    log_length_metrics(logger, trainer.config, summary, lines, step)
     logger.save_files([run_dir / "summary.json", run_dir / "config.yaml", run_dir / "metrics.jsonl",
                        *sorted((run_dir / "hyps").glob("*.txt"))])
     tokenizer = trainer.data.tokenizer
     logger.log_artifacts(tokenizer=getattr(tokenizer, "model_proto", None))
     return summary
-
-
-def _decoded_lines(run_dir: Path) -> Dict[str, List[str]]:
-    """The test split's translations and references as ``{"test.greedy": lines, ...}`` (what the
-    length study's W&B curves read)."""
-    return {path.name[:-4]: path.read_text(encoding="utf-8").split("\n")[:-1]
-            for path in sorted((run_dir / "hyps").glob("test.*.txt"))}
 
 
 def _summary(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], last: Dict[str, Any],
@@ -351,11 +345,12 @@ def _summary(cfg: DictConfig, trainer: Trainer, params: Dict[str, int], last: Di
     }
 
 
-def final_decode(trainer: Trainer) -> Dict[str, Any]:
+def final_decode(trainer: Trainer, lines: Optional[Dict[str, List[str]]] = None) -> Dict[str, Any]:
     """Translate ``trainer.decode_splits`` with the best checkpoint's weights (or, with
     ``trainer.decode_checkpoint=last``, the weights at the end of training) by every strategy of
-    ``trainer.decode_strategies``; the translations, their sources and references go to ``hyps/``. Returns
-    the scores per ``<split>/<strategy>``."""
+    ``trainer.decode_strategies``; the translations, their sources and references go to ``hyps/``
+    (and into ``lines`` when given, as ``<split>.<strategy>`` / ``<split>.ref``: what the length
+    study's W&B curves read, without reading the files back). Returns the scores per ``<split>/<strategy>``."""
     t = trainer.tcfg
     best = trainer.ckpt_dir / "best.pt"
     if t.decode_checkpoint == "best" and best.is_file():
@@ -376,6 +371,8 @@ def final_decode(trainer: Trainer) -> Dict[str, Any]:
                              trainer.device, trainer.amp_dtype)
             atomic_write_bytes(hyp_dir / f"{split}.{strategy}.txt", ("\n".join(hyps) + "\n").encode())
             atomic_write_bytes(hyp_dir / f"{split}.ref.txt", ("\n".join(refs) + "\n").encode())
+            if lines is not None:
+                lines[f"{split}.{strategy}"], lines[f"{split}.ref"] = list(hyps), list(refs)
             scores = score_translations(hyps, refs)
             scores["seconds"] = time.perf_counter() - start
             results[f"{split}/{strategy}"] = scores

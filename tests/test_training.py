@@ -289,9 +289,9 @@ def test_sigterm_during_the_final_decoding_stops_with_the_preemption_message(tmp
 
     real = rundir.final_decode
 
-    def signalled(trainer):
+    def signalled(trainer, *args):
         signal.raise_signal(signal.SIGTERM)  # arrives while decoding
-        return real(trainer)
+        return real(trainer, *args)
 
     monkeypatch.setattr(rundir, "final_decode", signalled)
     with pytest.raises(Preempted, match="stopped by SIGTERM during the final decoding; last.pt holds the finished "

@@ -137,9 +137,8 @@ def build_view(entity: str, project: str, table: Table, experiment: str):
 # the length-generalization study (docs/lengthgen.md): one view per task
 
 
-#: the study's tasks and the study (sweep) each belongs to
-STUDY_TASKS = {"copy": "lengthgen_synthetic", "reverse": "lengthgen_synthetic", "scan": "lengthgen_synthetic",
-               "multi30k": "lengthgen_mt"}
+#: the study's tasks and the study (sweep) each belongs to: the synthetic tasks with length ranges, then MT
+STUDY_TASKS = {**{task: "lengthgen_synthetic" for task in RANGES}, "multi30k": "lengthgen_mt"}
 
 
 def study_tasks(names: Optional[Sequence[str]] = None) -> List[str]:

@@ -196,9 +196,9 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     h4 = "undecided"
     if nope and nope.get("ci_high") is not None and nope["seeds"] >= MIN_SEEDS:
         h4 = "supported" if nope["ci_high"] < 10.0 else "refuted" if nope["ci_low"] >= 10.0 else "undecided"
-    short = ([] if nope and nope["seeds"] >= MIN_SEEDS else
-             [f"reverse/nope ({nope['seeds']} of {MIN_SEEDS} seeds)"] if nope else ["reverse/nope"])
-    out.append({"key": "H4", "text": "no positions solve neither copy nor reverse", "verdict": h4, "missing": short})
+    missing = ([] if nope and nope["seeds"] >= MIN_SEEDS else
+               [f"reverse/nope ({nope['seeds']} of {MIN_SEEDS} seeds)"] if nope else ["reverse/nope"])
+    out.append({"key": "H4", "text": "no positions solve neither copy nor reverse", "verdict": h4, "missing": missing})
     return out
 
 
