@@ -65,6 +65,7 @@ def test_no_verdict_rests_on_fewer_than_the_protocols_seeds():
     result = lg.summarize(_full_study(0.7, seeds=2), n_bootstrap=100)
     assert {h["verdict"] for h in result["hypotheses"]} == {"undecided"}
     assert any("(2 of 5 seeds)" in m for m in result["hypotheses"][0]["missing"])
+    assert "reverse/agf (2 of 5 seeds)" in result["hypotheses"][1]["missing"]  # H2 says how many too
 
 
 def test_report_cli_reads_the_committed_study_runs(tmp_path, capsys):

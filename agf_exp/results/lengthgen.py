@@ -167,8 +167,8 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
                 "arms": per_arm, "missing": missing})
     # H2: reverse in distribution, every decaying arm's paired interval above -5.
     rev = tasks.get("reverse", {}).get("arms", {})
-    lows = {a: (rev.get(a, {}).get("vs_baseline", {}).get("in-distribution") or {}) for a in DECAYING}
-    lows = {a: t if t and min(t["seeds"]) >= MIN_SEEDS else {} for a, t in lows.items()}
+    found = {a: (rev.get(a, {}).get("vs_baseline", {}).get("in-distribution") or {}) for a in DECAYING}
+    lows = {a: t if t and min(t["seeds"]) >= MIN_SEEDS else {} for a, t in found.items()}
     absent = [a for a, t in lows.items() if not t]
     if any(t and t["ci_high"] < H2_MARGIN for t in lows.values()):
         h2 = "refuted"
@@ -177,7 +177,8 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     else:
         h2 = "undecided"
     out.append({"key": "H2", "text": "encoder-side decay does not hurt reverse in distribution", "verdict": h2,
-                "missing": [f"reverse/{a}" for a in absent]})
+                "missing": [f"reverse/{a}" + (f" ({min(found[a]['seeds'])} of {MIN_SEEDS} seeds)" if found[a] else "")
+                            for a in absent]})
     # H3: sinusoidal and rope's wrong outputs at 1-2x end early (share of short outputs > 0.5).
     shares, h3_parts = {}, []
     for task in ("copy", "reverse"):
