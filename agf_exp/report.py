@@ -137,6 +137,9 @@ def _lengthgen(args) -> int:
     if mt:
         result["mt"] = lengthgen_mt.summarize(mt, args.bootstrap)
         text += "\n" + lengthgen_mt.to_markdown(result["mt"])
+    mt_rank = lengthgen_mt.rank_task(mt) if mt else None
+    result["ranking"] = lengthgen.ranking(lengthgen.rank_tasks(runs) + ([mt_rank] if mt_rank else []), args.bootstrap)
+    text = text.rstrip("\n") + "\n\n" + "\n".join(lengthgen.ranking_markdown(result["ranking"]))
     if not args.out:
         sys.stdout.write(text)
         return 0

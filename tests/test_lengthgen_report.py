@@ -68,6 +68,27 @@ def test_no_verdict_rests_on_fewer_than_the_protocols_seeds():
     assert "reverse/agf (2 of 5 seeds)" in result["hypotheses"][1]["missing"]  # H2 says how many too
 
 
+def test_ranking_orders_arms_by_mean_rank_over_tasks_with_bootstrap_intervals():
+    runs = _full_study(0.7, seeds=3)
+    runs = [r for r in runs if not (r.arm == "t5" and r.task == "copy")] + [
+        study_run("copy", "t5", s, {"in-distribution": 1.0, "1-2x": 0.95}) for s in (1, 2, 3)]
+    runs += [study_run("scan", "t5", 1, {"test split": 0.5})]  # one arm only: left out, named
+    rank = lg.ranking(lg.rank_tasks(runs), n_samples=200)
+    assert [t["name"] for t in rank["tasks"]] == ["copy", "reverse"] and rank["left_out"] == ["scan (1 of 10 arms)"]
+    arms = list(rank["arms"])
+    assert arms[0] == "t5" and arms[-1] == "nope" and arms.index("rope") < arms.index("sinusoidal")
+    t5 = rank["arms"]["t5"]
+    assert t5["mean_rank"] == pytest.approx((1 + 4) / 2)  # copy: first; reverse: ranks 1-7 tied (the 7 H1 arms)
+    assert t5["ci_low"] <= t5["mean_rank"] <= t5["ci_high"] and t5["scores"]["copy"] == pytest.approx(95.0, abs=1)
+    assert rank["arms"]["nope"]["ci_low"] == rank["arms"]["nope"]["ci_high"] == 10.0  # last in every replicate
+    assert sum(a["first"] for a in rank["arms"].values()) == pytest.approx(1.0)
+    assert t5["first"] == max(a["first"] for a in rank["arms"].values())
+    text = "\n".join(lg.ranking_markdown(rank))
+    assert "| arm | seeds | copy: EM 1-2x | reverse: EM 1-2x | mean rank [95%] | first |" in text
+    assert "Not in the ranking until every arm has runs there: scan (1 of 10 arms)." in text
+    assert lg._ranks(np.array([3.0, np.nan, 3.0, 5.0])).tolist() == [2.5, 4.0, 2.5, 1.0]
+
+
 def test_report_cli_reads_the_committed_study_runs(tmp_path, capsys):
     from pathlib import Path
 
@@ -124,6 +145,11 @@ def test_mt_robustness_ratio_separates_length_robustness_from_quality():
     assert verdicts["H1 (MT)"]["arms"]["t5"] == "supported"
     assert verdicts["H1 (MT)"]["verdict"] == "undecided" and "agf" in verdicts["H1 (MT)"]["missing"]  # arms missing
     assert verdicts["H3 (MT)"]["verdict"] == "supported"
+    task = mt.rank_task(runs)  # the MT part's share of the ranking across tasks: the k = 8 ratio
+    assert task.observed["t5"] == pytest.approx(1.0) and task.observed["sinusoidal"] < 0.1 and task.seeds["t5"] == 3
+    replicate = task.sample(np.random.default_rng(0))
+    assert set(replicate) == {"sinusoidal", "t5", "rope"} and replicate["t5"] == pytest.approx(1.0)
+    assert list(lg.ranking([task], n_samples=50)["arms"])[0] == "t5"
     text = mt.to_markdown(result)
     assert "| H3 (MT): sinusoidal and RoPE end early on 8 joined sentences | **supported** |" in text
     # two seeds a side: no verdict (the protocol's 3 on MT)
@@ -147,4 +173,6 @@ def test_report_lengthgen_adds_the_mt_part(tmp_path, capsys):
     assert report.main(["lengthgen", "--runs", str(tmp_path / "runs"), "--out", str(out), "--bootstrap", "50"]) == 0
     text = out.read_text()
     assert "## MT: train short, test long (Multi30k en-de)" in text and "| `t5` | 1 |" in text
+    assert "| arm | seeds | multi30k: k=8 robustness ratio | mean rank [95%] | first |" in text
+    assert "| `t5` | 1 | 1.000 | 1.0 [1.0, 1.0] | 100 % |" in text
     assert (out.parent / "lengthgen_mt.png").is_file() and not (out.parent / "lengthgen_copy.png").exists()

@@ -11,7 +11,7 @@ A run belongs to the study through its config (``study: lengthgen_synthetic``, `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -201,6 +201,117 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
                [f"reverse/nope ({nope['seeds']} of {MIN_SEEDS} seeds)"] if nope else ["reverse/nope"])
     out.append({"key": "H4", "text": "no positions solve neither copy nor reverse", "verdict": h4, "missing": missing})
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the ranking across tasks (docs/lengthgen.md, "Ranking across tasks")
+
+
+@dataclass
+class RankTask:
+    """One task's part of the ranking: the arms' scores (higher is better) as observed, and a
+    function drawing one bootstrap replicate of them (seeds, then test items, the same item draw
+    for every arm)."""
+    name: str
+    metric: str
+    observed: Dict[str, float]
+    seeds: Dict[str, int]
+    sample: Callable[[np.random.Generator], Dict[str, float]]
+
+
+def rank_range(task: str) -> Range:
+    """The range a synthetic task is ranked on: the first beyond the training maximum (copy,
+    reverse: 1-2x), or SCAN's test split."""
+    ranges = RANGES.get(task, (Range("all", 0, 10 ** 6),))
+    return ranges[1] if len(ranges) > 1 else ranges[0]
+
+
+def rank_tasks(runs: Sequence[StudyRun]) -> List[RankTask]:
+    """The synthetic tasks' parts of the ranking: exact match on :func:`rank_range`."""
+    out = []
+    for task in sorted({r.task for r in runs}):
+        rg = rank_range(task)
+        by_arm: Dict[str, np.ndarray] = {}
+        for arm in sorted({r.arm for r in runs if r.task == task}):
+            mine = [r for r in runs if r.task == task and r.arm == arm]
+            sel = (mine[0].lengths >= rg.low) & (mine[0].lengths <= rg.high)
+            by_arm[arm] = np.stack([r.correct[sel] for r in mine]).astype(float)  # [seeds, n]
+        n = next(iter(by_arm.values())).shape[1]
+
+        def sample(gen: np.random.Generator, by_arm=by_arm, n=n) -> Dict[str, float]:
+            ex = gen.integers(0, n, n)
+            return {a: 100.0 * m[gen.integers(0, len(m), len(m))][:, ex].mean() for a, m in by_arm.items()}
+
+        out.append(RankTask(task, f"EM {rg.name}", {a: 100.0 * m.mean() for a, m in by_arm.items()},
+                            {a: len(m) for a, m in by_arm.items()}, sample))
+    return out
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """Rank 1 = the highest score; ties share the mean of their ranks; NaN ranks last."""
+    x = np.where(np.isnan(scores), -np.inf, scores)
+    return 1.0 + (x[None, :] > x[:, None]).sum(1) + 0.5 * ((x[None, :] == x[:, None]).sum(1) - 1)
+
+
+def ranking(tasks: Sequence[RankTask], n_samples: int = N_BOOTSTRAP, seed: int = 12345) -> Dict[str, Any]:
+    """Arms ranked within each task by their score, then by the mean of their ranks over the
+    tasks; a task enters when it has runs of every arm of the task with the most arms (the others
+    are named with their coverage). Bootstrap: per replicate, every task's scores are redrawn
+    (seeds of each arm, then the test items with one draw for all arms) and ranked again; the
+    95 % percentile interval of each arm's mean rank, and the share of replicates in which it
+    ranks first (ties split)."""
+    tasks = [t for t in tasks if t.observed]
+    if not tasks:
+        return {"arms": {}, "tasks": [], "left_out": []}
+    widest = max(sorted(tasks, key=lambda t: t.name), key=lambda t: len(t.observed))  # ties: the first by name
+    arms = sorted(widest.observed)
+    used = [t for t in tasks if set(arms) <= set(t.observed)]
+    left_out = [f"{t.name} ({len(set(arms) & set(t.observed))} of {len(arms)} arms)" for t in tasks if t not in used]
+    observed = np.mean([_ranks(np.array([t.observed[a] for a in arms])) for t in used], axis=0)
+    gen = np.random.default_rng(seed)
+    drawn = np.empty((n_samples, len(arms)))
+    for i in range(n_samples):
+        per_task = []
+        for t in used:
+            s = t.sample(gen)
+            per_task.append(_ranks(np.array([s[a] for a in arms], dtype=float)))
+        drawn[i] = np.mean(per_task, axis=0)
+    best = drawn == drawn.min(axis=1, keepdims=True)
+    first = (best / best.sum(axis=1, keepdims=True)).mean(axis=0)
+    out = {}
+    for j, a in enumerate(arms):
+        out[a] = {"mean_rank": float(observed[j]), "ci_low": float(np.percentile(drawn[:, j], 2.5)),
+                  "ci_high": float(np.percentile(drawn[:, j], 97.5)), "first": float(first[j]),
+                  "scores": {t.name: float(t.observed[a]) for t in used},
+                  "seeds": {t.name: int(t.seeds[a]) for t in used}}
+    order = sorted(out, key=lambda a: (out[a]["mean_rank"], a))
+    return {"arms": {a: out[a] for a in order}, "tasks": [{"name": t.name, "metric": t.metric} for t in used],
+            "left_out": left_out, "n_bootstrap": n_samples}
+
+
+def ranking_markdown(rank: Dict[str, Any]) -> List[str]:
+    """The ranking's section of REPORT.md."""
+    out = ["## Ranking across tasks (docs/lengthgen.md)", ""]
+    if len(rank.get("tasks", [])) < 1 or len(rank.get("arms", {})) < 2:
+        return out + ["No ranking yet: it needs one task with runs of 2 arms or more.", ""]
+    tasks = rank["tasks"]
+    out += ["Arms ranked within each task by the score named in its column (1 = best; ties share their ranks), "
+            "ordered by the mean of those ranks over the tasks. Interval: 95 % percentile interval of the mean rank "
+            f"over {rank['n_bootstrap']} bootstrap replicates (each arm's seeds, then the test items with one draw "
+            "for all arms); first: the share of replicates in which the arm has the best mean rank. With one seed "
+            "per arm only the test items vary: the interval then says nothing about seed noise. A description, "
+            "not a verdict.", ""]
+    if rank["left_out"]:
+        out += ["Not in the ranking until every arm has runs there: " + ", ".join(rank["left_out"]) + ".", ""]
+    out += ["| arm | seeds | " + " | ".join(f"{t['name']}: {t['metric']}" for t in tasks)
+            + " | mean rank [95%] | first |", "|---|---|" + "---|" * (len(tasks) + 2)]
+    for arm, a in rank["arms"].items():
+        seeds = sorted(set(a["seeds"].values()))
+        cells = [_f(a["scores"][t["name"]], ".3f" if "ratio" in t["metric"] else ".1f") for t in tasks]
+        out.append(f"| `{arm}` | {'-'.join(map(str, [seeds[0], seeds[-1]] if len(seeds) > 1 else seeds))} | "
+                   + " | ".join(cells) + f" | {a['mean_rank']:.1f} [{a['ci_low']:.1f}, {a['ci_high']:.1f}] | "
+                   f"{100 * a['first']:.0f} % |")
+    return out + [""]
 
 
 def _f(x: Optional[float], spec: str = ".1f") -> str:

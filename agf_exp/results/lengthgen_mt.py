@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data.corpus import JOIN_PREFIX, joined
-from .lengthgen import _f, hypotheses_table
+from .lengthgen import RankTask, _f, hypotheses_table
 from .runs import Run
 from .stats import bleu_from_statistics, bleu_statistics, holm, mean_ci, shifted_null
 
@@ -113,38 +113,63 @@ def bucket_bleu(run: MTRun) -> Dict[str, Optional[float]]:
     return out
 
 
+def _ratio_statistics(runs: Sequence[MTRun], k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """BLEU statistics [seeds, joined inputs, 10] of the joined translations and of the one-by-one
+    translations grouped the same way (the same references)."""
+    joint = np.stack([bleu_statistics(*r.joined[k]) for r in runs])
+    single = np.stack([bleu_statistics(joined(r.test_hyp, k), r.joined[k][1]) for r in runs])
+    return joint, single
+
+
+def _ratio(joint: np.ndarray, single: np.ndarray, seeds, ex: np.ndarray) -> float:
+    """The robustness ratio on the joined inputs ``ex``, averaged over the drawn ``seeds``."""
+    values = []
+    for s in seeds:
+        den = bleu_from_statistics(single[s][ex].sum(0))
+        values.append(bleu_from_statistics(joint[s][ex].sum(0)) / den if den > 0 else np.nan)
+    return float(np.nanmean(values)) if not np.all(np.isnan(values)) else np.nan
+
+
 def robustness_bootstrap(arm: Sequence[MTRun], base: Sequence[MTRun], k: int = 8, n_samples: int = N_BOOTSTRAP,
                          seed: int = 12345) -> Dict[str, Any]:
     """Paired delta of the k-level robustness ratio (arm − baseline): resample each side's seeds,
     then the joined inputs (the same draw for both sides and for each input's k sentences, which
     the one-by-one side groups the same way); the ratio of resampled corpus BLEUs, averaged over
     the drawn seeds. 95 % percentile interval, p two-sided (shifted null, floor 1/(n + 1))."""
-    def stats(runs):
-        joint = np.stack([bleu_statistics(*r.joined[k]) for r in runs])  # [seeds, groups, 10]
-        single = np.stack([bleu_statistics(joined(r.test_hyp, k), r.joined[k][1]) for r in runs])
-        return joint, single
-
-    (ja, sa), (jb, sb) = stats(arm), stats(base)
+    (ja, sa), (jb, sb) = _ratio_statistics(arm, k), _ratio_statistics(base, k)
     n = ja.shape[1]
-
-    def ratio(joint, single, seeds, ex):
-        values = []
-        for s in seeds:
-            den = bleu_from_statistics(single[s][ex].sum(0))
-            values.append(bleu_from_statistics(joint[s][ex].sum(0)) / den if den > 0 else np.nan)
-        return float(np.nanmean(values)) if not np.all(np.isnan(values)) else np.nan
-
     gen = np.random.default_rng(seed)
     everything = np.arange(n)
-    observed = ratio(ja, sa, range(len(ja)), everything) - ratio(jb, sb, range(len(jb)), everything)
+    observed = _ratio(ja, sa, range(len(ja)), everything) - _ratio(jb, sb, range(len(jb)), everything)
     deltas = np.empty(n_samples)
     for i in range(n_samples):
         pa, pb = gen.integers(0, len(ja), len(ja)), gen.integers(0, len(jb), len(jb))
         ex = gen.integers(0, n, n)
-        deltas[i] = ratio(ja, sa, pa, ex) - ratio(jb, sb, pb, ex)
+        deltas[i] = _ratio(ja, sa, pa, ex) - _ratio(jb, sb, pb, ex)
     deltas = deltas[~np.isnan(deltas)]
     return {**shifted_null(deltas, observed), "samples": int(len(deltas)),
             "seeds": [len(ja), len(jb)], "inputs": int(n)}
+
+
+def rank_task(runs: Sequence[MTRun], k: int = 8) -> Optional[RankTask]:
+    """The MT part's share of the ranking across tasks: the level-k robustness ratio of every arm
+    whose runs all have level k (a bootstrap replicate redraws each arm's seeds, then the joined
+    inputs with one draw for all arms)."""
+    arms = sorted({r.arm for r in runs})
+    by_arm = {a: [r for r in runs if r.arm == a] for a in arms}
+    stats = {a: _ratio_statistics(rs, k) for a, rs in by_arm.items() if all(k in r.joined for r in rs)}
+    if not stats:
+        return None
+    n = next(iter(stats.values()))[0].shape[1]
+    everything = np.arange(n)
+
+    def sample(gen: np.random.Generator) -> Dict[str, float]:
+        ex = gen.integers(0, n, n)
+        return {a: _ratio(j, s, gen.integers(0, len(j), len(j)), ex) for a, (j, s) in stats.items()}
+
+    return RankTask("multi30k", f"k={k} robustness ratio",
+                    {a: _ratio(j, s, range(len(j)), everything) for a, (j, s) in stats.items()},
+                    {a: len(j) for a, (j, _) in stats.items()}, sample)
 
 
 def summarize(runs: Sequence[MTRun], n_bootstrap: int = N_BOOTSTRAP) -> Dict[str, Any]:
