@@ -6,7 +6,7 @@
     python -m agf_exp.report --all --runs outputs/sweeps               # REPORT.md + CSV/JSON + plots
     python -m agf_exp.report table3                                    # the worked example
     python -m agf_exp.report --parity results/multi30k-small --runs results/precision-parity  # bf16 vs fp32
-    python -m agf_exp.report lengthgen --runs results/lengthgen/synthetic --out results/lengthgen/REPORT.md
+    python -m agf_exp.report lengthgen --runs results/lengthgen --out results/lengthgen/REPORT.md
 
 Per row: the paper's value; our final validation accuracy (the paper's metric: teacher-forced
 token accuracy after the last epoch) as mean ± sample std over seeds with a 95% Student-t

@@ -66,6 +66,7 @@ def test_no_verdict_rests_on_fewer_than_the_protocols_seeds():
     assert {h["verdict"] for h in result["hypotheses"]} == {"undecided"}
     assert any("(2 of 5 seeds)" in m for m in result["hypotheses"][0]["missing"])
     assert "reverse/agf (2 of 5 seeds)" in result["hypotheses"][1]["missing"]  # H2 says how many too
+    assert "copy/rope (2 of 5 seeds)" in result["hypotheses"][2]["missing"]  # and H3
 
 
 def test_ranking_orders_arms_by_mean_rank_over_tasks_with_bootstrap_intervals():
@@ -155,7 +156,8 @@ def test_mt_robustness_ratio_separates_length_robustness_from_quality():
     # two seeds a side: no verdict (the protocol's 3 on MT)
     few = mt.summarize(mt.mt_runs([mt_run("sinusoidal", s, False) for s in (1, 2)]
                                   + [mt_run("rope", s, False) for s in (1, 2)])[0], n_bootstrap=50)
-    assert {h["key"]: h["verdict"] for h in few["hypotheses"]}["H3 (MT)"] == "undecided"
+    few_h3 = {h["key"]: h for h in few["hypotheses"]}["H3 (MT)"]
+    assert few_h3["verdict"] == "undecided" and few_h3["missing"] == ["sinusoidal (2 of 3 seeds)", "rope (2 of 3 seeds)"]
 
 
 def test_report_lengthgen_adds_the_mt_part(tmp_path, capsys):

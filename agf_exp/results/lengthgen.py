@@ -180,18 +180,26 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
                 "missing": [f"reverse/{a}" + (f" ({min(found[a]['seeds'])} of {MIN_SEEDS} seeds)" if found[a] else "")
                             for a in absent]})
     # H3: sinusoidal and rope's wrong outputs at 1-2x end early (share of short outputs > 0.5).
-    shares, h3_parts = {}, []
+    shares, h3_parts, h3_missing = {}, [], []
     for task in ("copy", "reverse"):
-        for arm, stat in tasks.get(task, {}).get("short_share", {}).items():
+        for arm in ("sinusoidal", "rope"):
+            stat = tasks.get(task, {}).get("short_share", {}).get(arm)
+            if stat is None:
+                h3_missing.append(f"{task}/{arm}")
+                continue
             shares[f"{task}/{arm}"] = stat
             if stat.get("n", 0) < MIN_SEEDS:
+                seeds = len(tasks[task]["arms"][arm]["seeds"])
+                h3_missing.append(f"{task}/{arm} " + (f"({seeds} of {MIN_SEEDS} seeds)" if seeds < MIN_SEEDS else
+                                                      f"({stat.get('n', 0)} of {seeds} seeds with a wrong output)"))
                 h3_parts.append("undecided")
                 continue
             h3_parts.append("supported" if stat.get("ci_low") is not None and stat["ci_low"] > 0.5 else
                             "refuted" if stat.get("ci_high") is not None and stat["ci_high"] < 0.5 else "undecided")
     h3 = ("supported" if h3_parts and all(v == "supported" for v in h3_parts) and len(h3_parts) == 4 else
           "refuted" if any(v == "refuted" for v in h3_parts) else "undecided")
-    out.append({"key": "H3", "text": "absolute positions fail by ending early", "verdict": h3, "shares": shares})
+    out.append({"key": "H3", "text": "absolute positions fail by ending early", "verdict": h3, "shares": shares,
+                "missing": h3_missing})
     # H4: nope's in-distribution exact match on reverse below 10 %.
     nope = rev.get("nope", {}).get("ranges", {}).get("in-distribution")
     h4 = "undecided"
@@ -321,6 +329,11 @@ def _f(x: Optional[float], spec: str = ".1f") -> str:
     return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.0"
 
 
+def _n(count: int, noun: str) -> str:
+    """``1 arm``, ``2 arms``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _p(p: Optional[float], floor: float) -> str:
     if p is None:
         return "–"
@@ -342,7 +355,7 @@ def to_markdown(result: Dict[str, Any]) -> str:
            f"verdict rests on fewer than the protocol's {MIN_SEEDS} seeds per arm.", ""]
     for task, entry in result["tasks"].items():
         n_runs = sum(len(a["seeds"]) for a in entry["arms"].values())
-        out += [f"## {task} (training maximum {entry['train_max']}; {len(entry['arms'])} arms, {n_runs} runs)", ""]
+        out += [f"## {task} (training maximum {entry['train_max']}; {_n(len(entry['arms']), 'arm')}, {_n(n_runs, 'run')})", ""]
         head = "| arm | seeds | " + " | ".join(f"EM {r} [95%] (solved)" for r in entry["ranges"])
         head += " | " + " | ".join(f"Δ {r} [95%], p (Holm)" for r in entry["ranges"]) + " |"
         out += [head, "|---|---|" + "---|" * (2 * len(entry["ranges"]))]

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data.corpus import JOIN_PREFIX, joined
-from .lengthgen import RankTask, _f, hypotheses_table
+from .lengthgen import RankTask, _f, _n, hypotheses_table
 from .runs import Run
 from .stats import bleu_from_statistics, bleu_statistics, holm, mean_ci, shifted_null
 
@@ -228,7 +228,8 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
                      "refuted" if stat["ci_high"] is not None and stat["ci_high"] < 0.5 else "undecided")
     h3 = ("supported" if parts == ["supported", "supported"] else "refuted" if "refuted" in parts else "undecided")
     out.append({"key": "H3 (MT)", "text": "sinusoidal and RoPE end early on 8 joined sentences", "verdict": h3,
-                "shares": shares, "missing": [a for a, s in shares.items() if not s or s.get("n", 0) < MIN_SEEDS]})
+                "shares": shares, "missing": [a + (f" ({s['n']} of {MIN_SEEDS} seeds)" if s else "")
+                                              for a, s in shares.items() if not s or s.get("n", 0) < MIN_SEEDS]})
     return out
 
 
@@ -242,7 +243,7 @@ def _cell(stat: Optional[Dict[str, Any]], spec: str = ".1f") -> str:
 def to_markdown(result: Dict[str, Any]) -> str:
     n_runs = sum(len(a["seeds"]) for a in result["arms"].values())
     out = ["## MT: train short, test long (Multi30k en-de)", "",
-           f"{len(result['arms'])} arms, {n_runs} runs. Trained on pairs whose source has ≤ {TRAIN_MAX_WORDS} words, "
+           f"{_n(len(result['arms']), 'arm')}, {_n(n_runs, 'run')}. Trained on pairs whose source has ≤ {TRAIN_MAX_WORDS} words, "
            "decoded with the last weights; level k = 1 is test_2016_flickr, k = 2, 4, 8 its k consecutive sentences "
            "joined into one input. Per arm: mean over seeds [95% t interval]. Robustness = BLEU of the joined input / "
            "BLEU of the same sentences translated one by one and joined (same references). Short: share of outputs "
