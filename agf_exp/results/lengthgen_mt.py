@@ -291,7 +291,7 @@ def plot(result: Dict[str, Any], out_dir) -> List[Any]:
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(LEVELS) if ax is bl else list(LEVELS[1:]))
         ax.set_xticklabels([str(k) for k in (LEVELS if ax is bl else LEVELS[1:])])
-        ax.set_xlabel("k sentences joined into one input (training maximum: 1 sentence of ≤ 12 words)")
+        ax.set_xlabel(f"k sentences joined into one input\n(training maximum: 1 sentence of ≤ {TRAIN_MAX_WORDS} words)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     rb.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
