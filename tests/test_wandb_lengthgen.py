@@ -13,6 +13,7 @@ import pytest
 from agf_exp import dashboard, wandb_export
 from agf_exp.data.lengthgen import RANGES
 from agf_exp.loggers import JOIN_X, LENGTH_X, length_metrics
+from agf_exp.results import lengthgen_mt as mt
 from agf_exp.results.lengthgen import study_runs, summarize
 from agf_exp.results.runs import collect_runs
 from agf_exp.rundir import train
@@ -25,6 +26,7 @@ pytest.importorskip("wandb_workspaces")
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT / "results" / "lengthgen" / "synthetic"
+MT = ROOT / "results" / "lengthgen" / "mt"
 
 
 def _view_reads(tmp_path: Path, *tasks: str) -> dict:
@@ -88,6 +90,26 @@ def test_the_committed_study_exports_with_every_key_its_views_read(wandb_home, t
         # after the last training step, so that the learning curves keep their x
         steps = [h["_step"] for h in x["history"] if LENGTH_X in h]
         assert min(steps) > max(h["_step"] for h in x["history"] if "eval/val_acc" in h)
+
+
+def test_the_committed_mt_runs_export_bleu_against_k_as_the_report_computes_it(wandb_home, tmp_path):  # noqa: F811
+    out = wandb_home / "export"
+    assert wandb_export.main([str(MT), "--dir", str(out), "--project", "team/agf-exp"]) == 0
+    logged = [x for x in (read_finished(f) for f in sorted(out.rglob("run-*.wandb"))) if x["run"]["job_type"] == "train"]
+    runs, _ = mt.mt_runs(collect_runs(MT))
+    assert len(logged) == len(runs) >= 1
+    view = _view_reads(tmp_path, "multi30k")["multi30k"]
+    levels = {(r.arm, r.seed): {k: mt.level_scores(r, k) for k in mt.LEVELS} for r in runs}
+    for x in logged:
+        assert set(view["history"]) <= history_keys(x), set(view["history"]) - history_keys(x)
+        assert x["config"]["study"] == "lengthgen_mt" and x["metrics"]["lengthgen/join_bleu"]["step_metric"] == JOIN_X
+        curve = {h[JOIN_X]: h for h in x["history"] if JOIN_X in h}
+        assert sorted(curve) == list(mt.LEVELS)
+        # the run's own sacreBLEU (beam) per k equals the report's, recomputed from the committed outputs
+        mine = levels[(x["config"]["arm"], x["config"]["seed"])]
+        for k, h in curve.items():
+            assert h["lengthgen/join_bleu"] == pytest.approx(mine[k]["bleu"], abs=1e-6)
+            assert h["lengthgen/join_chrf"] == pytest.approx(mine[k]["chrf"], abs=1e-6)
 
 
 def test_a_live_copy_run_logs_the_length_curves_as_its_export_does(wandb_home, tmp_path):  # noqa: F811
