@@ -88,6 +88,9 @@ def test_ranking_orders_arms_by_mean_rank_over_tasks_with_bootstrap_intervals():
     assert "| arm | seeds | copy: EM 1-2x | reverse: EM 1-2x | mean rank [95%] | first |" in text
     assert "Not in the ranking until every arm has runs there: scan (1 of 10 arms)." in text
     assert lg._ranks(np.array([3.0, np.nan, 3.0, 5.0])).tolist() == [2.5, 4.0, 2.5, 1.0]
+    # a difference that rounds to zero has no sign: no noise digit decides it
+    assert [lg._d(x) for x in (-0.02, 0.0, 0.04, -0.06, 2.0)] == ["0.0", "0.0", "0.0", "-0.1", "+2.0"]
+    assert lg._d(-0.0004, ".3f") == "0.000" and lg._d(0.0024, ".3f") == "+0.002"
 
 
 def test_report_cli_reads_the_committed_study_runs(tmp_path, capsys):

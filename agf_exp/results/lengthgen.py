@@ -329,6 +329,13 @@ def _f(x: Optional[float], spec: str = ".1f") -> str:
     return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.0"
 
 
+def _d(x: float, spec: str = ".1f") -> str:
+    """A signed difference, ``+1.5`` / ``-0.2``; one that rounds to zero prints unsigned (``0.0``),
+    so that no noise digit decides its sign."""
+    text = format(x, "+" + spec)
+    return text[1:] if not text.strip("+-0.") else text
+
+
 def _n(count: int, noun: str) -> str:
     """``1 arm``, ``2 arms``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
@@ -367,7 +374,7 @@ def to_markdown(result: Dict[str, Any]) -> str:
                 cells.append(f"{_f(s['mean'])}{ci} ({s['solved']}/{s['seeds']})")
             for r in entry["ranges"]:
                 t = a["vs_baseline"].get(r)
-                cells.append("–" if not t else f"{t['diff']:+.1f} [{t['ci_low']:+.1f}, {t['ci_high']:+.1f}], "
+                cells.append("–" if not t else f"{_d(t['diff'])} [{_d(t['ci_low'])}, {_d(t['ci_high'])}], "
                              f"p{_eq(_p(t['p'], 1 / (t['samples'] + 1)))} ({_p(t['p_holm'], 1 / (t['samples'] + 1))})")
             out.append(f"| `{arm}` | {', '.join(map(str, a['seeds']))} | " + " | ".join(cells) + " |")
         out += ["", f"![{task}: exact match by length](lengthgen_{task}.png)", ""]

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data.corpus import JOIN_PREFIX, joined
-from .lengthgen import RankTask, _f, _n, hypotheses_table
+from .lengthgen import RankTask, _d, _eq, _f, _n, _p, hypotheses_table
 from .runs import Run
 from .stats import bleu_from_statistics, bleu_statistics, holm, mean_ci, shifted_null
 
@@ -255,11 +255,12 @@ def to_markdown(result: Dict[str, Any]) -> str:
     for arm, a in result["arms"].items():
         lv = a["levels"]
         cells = [_cell(lv.get(k, {}).get("bleu")) for k in LEVELS]
-        cells += [_cell(lv.get(k, {}).get("robustness"), ".2f") for k in LEVELS[1:]]
+        cells += [_cell(lv.get(k, {}).get("robustness"), ".3f") for k in LEVELS[1:]]
         cells += [_cell(lv.get(8, {}).get("length_ratio"), ".2f"), _cell(lv.get(8, {}).get("short"), ".2f")]
         t = a["vs_baseline"]
-        cells.append("–" if not t else f"{t['diff']:+.2f} [{t['ci_low']:+.2f}, {t['ci_high']:+.2f}], "
-                     f"p={t['p']:.2g} ({t['p_holm']:.2g})")
+        floor = 1 / (t["samples"] + 1) if t else 0.0
+        cells.append("–" if not t else f"{_d(t['diff'], '.3f')} [{_d(t['ci_low'], '.3f')}, {_d(t['ci_high'], '.3f')}], "
+                     f"p{_eq(_p(t['p'], floor))} ({_p(t['p_holm'], floor)})")
         out.append(f"| `{arm}` | {', '.join(map(str, a['seeds']))} | " + " | ".join(cells) + " |")
     out += ["", "Test BLEU by source length (words; natural buckets of test_2016_flickr, k = 1):", "",
             "| arm | " + " | ".join(result["buckets"]) + " |", "|---|" + "---|" * len(result["buckets"])]
