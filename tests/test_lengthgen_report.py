@@ -85,7 +85,8 @@ def test_ranking_orders_arms_by_mean_rank_over_tasks_with_bootstrap_intervals():
     assert sum(a["first"] for a in rank["arms"].values()) == pytest.approx(1.0)
     assert t5["first"] == max(a["first"] for a in rank["arms"].values())
     text = "\n".join(lg.ranking_markdown(rank))
-    assert "| arm | seeds | copy: EM 1-2x | reverse: EM 1-2x | mean rank [95%] | first |" in text
+    assert "| arm | seeds (per task) | copy: EM 1-2x | reverse: EM 1-2x | mean rank [95%] | first |" in text
+    assert "| `t5` | 3 / 3 | 95.0 | 70.0 | 2.50 [" in text
     assert "Not in the ranking until every arm has runs there: scan (1 of 10 arms)." in text
     assert lg._ranks(np.array([3.0, np.nan, 3.0, 5.0])).tolist() == [2.5, 4.0, 2.5, 1.0]
     # a difference that rounds to zero has no sign: no noise digit decides it
@@ -178,6 +179,6 @@ def test_report_lengthgen_adds_the_mt_part(tmp_path, capsys):
     assert report.main(["lengthgen", "--runs", str(tmp_path / "runs"), "--out", str(out), "--bootstrap", "50"]) == 0
     text = out.read_text()
     assert "## MT: train short, test long (Multi30k en-de)" in text and "| `t5` | 1 |" in text
-    assert "| arm | seeds | multi30k: k=8 robustness ratio | mean rank [95%] | first |" in text
-    assert "| `t5` | 1 | 1.000 | 1.0 [1.0, 1.0] | 100 % |" in text
+    assert "| arm | seeds (per task) | multi30k: k=8 robustness ratio | mean rank [95%] | first |" in text
+    assert "| `t5` | 1 | 1.000 | 1.00 [1.00, 1.00] | 100 % |" in text
     assert (out.parent / "lengthgen_mt.png").is_file() and not (out.parent / "lengthgen_copy.png").exists()

@@ -311,14 +311,13 @@ def ranking_markdown(rank: Dict[str, Any]) -> List[str]:
             "not a verdict.", ""]
     if rank["left_out"]:
         out += ["Not in the ranking until every arm has runs there: " + ", ".join(rank["left_out"]) + ".", ""]
-    out += ["| arm | seeds | " + " | ".join(f"{t['name']}: {t['metric']}" for t in tasks)
+    out += ["| arm | seeds (per task) | " + " | ".join(f"{t['name']}: {t['metric']}" for t in tasks)
             + " | mean rank [95%] | first |", "|---|---|" + "---|" * (len(tasks) + 2)]
     for arm, a in rank["arms"].items():
-        seeds = sorted(set(a["seeds"].values()))
+        seeds = " / ".join(str(a["seeds"][t["name"]]) for t in tasks)
         cells = [_f(a["scores"][t["name"]], ".3f" if "ratio" in t["metric"] else ".1f") for t in tasks]
-        out.append(f"| `{arm}` | {'-'.join(map(str, [seeds[0], seeds[-1]] if len(seeds) > 1 else seeds))} | "
-                   + " | ".join(cells) + f" | {a['mean_rank']:.1f} [{a['ci_low']:.1f}, {a['ci_high']:.1f}] | "
-                   f"{100 * a['first']:.0f} % |")
+        out.append(f"| `{arm}` | {seeds} | " + " | ".join(cells) + f" | {a['mean_rank']:.2f} [{a['ci_low']:.2f}, "
+                   f"{a['ci_high']:.2f}] | {100 * a['first']:.0f} % |")
     return out + [""]
 
 
