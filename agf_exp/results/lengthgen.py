@@ -395,6 +395,15 @@ def hypotheses_table(hypotheses: Sequence[Dict[str, Any]]) -> List[str]:
     return out
 
 
+def arm_color(i: int):
+    """The i-th arm's colour: 20 distinguishable ones (tab20's dark shades, then its light ones),
+    so that the 14 arms do not share colours as with matplotlib's default 10."""
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab20"].colors
+    return (colors[0::2] + colors[1::2])[i % 20]
+
+
 def plot(result: Dict[str, Any], out_dir) -> List[Any]:
     """Per task: EM against length, one line per arm with its 95 % band over seeds (where there
     are 2 or more), the training maximum marked; and the arm × length heat map of mean EM."""
@@ -408,12 +417,13 @@ def plot(result: Dict[str, Any], out_dir) -> List[Any]:
         fig, (ax, hm) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.2, 1]})
         lengths = entry["lengths"]
         grid = []
-        for arm, a in entry["arms"].items():
+        for i, (arm, a) in enumerate(entry["arms"].items()):
             means = [a["curve"][n]["mean"] for n in lengths]
-            ax.plot(lengths, means, label=arm, linewidth=1.2)
+            color = arm_color(i)
+            ax.plot(lengths, means, label=arm, linewidth=1.2, color=color)
             lo = [a["curve"][n]["ci_low"] for n in lengths]
             if all(x is not None for x in lo):
-                ax.fill_between(lengths, lo, [a["curve"][n]["ci_high"] for n in lengths], alpha=0.15)
+                ax.fill_between(lengths, lo, [a["curve"][n]["ci_high"] for n in lengths], alpha=0.15, color=color)
             grid.append(means)
         if entry["train_max"]:
             ax.axvline(entry["train_max"] + 0.5, color="black", linestyle="--", linewidth=0.8)
@@ -422,8 +432,12 @@ def plot(result: Dict[str, Any], out_dir) -> List[Any]:
         ax.set_title(f"{task}: exact match by length (training maximum dashed)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
+        # one column per tested length (SCAN's lengths have gaps), labelled with the length
         im = hm.imshow(np.array(grid, dtype=float), aspect="auto", vmin=0, vmax=100, cmap="viridis",
-                       extent=(lengths[0] - 0.5, lengths[-1] + 0.5, len(grid) - 0.5, -0.5))
+                       extent=(-0.5, len(lengths) - 0.5, len(grid) - 0.5, -0.5))
+        ticks = list(range(0, len(lengths), max(1, len(lengths) // 8)))
+        hm.set_xticks(ticks)
+        hm.set_xticklabels([str(lengths[i]) for i in ticks])
         hm.set_yticks(range(len(grid)))
         hm.set_yticklabels(list(entry["arms"]), fontsize=7)
         hm.set_xlabel("target length")

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data.corpus import JOIN_PREFIX, joined
-from .lengthgen import RankTask, _d, _eq, _f, _n, _p, hypotheses_table
+from .lengthgen import RankTask, _d, _eq, _f, _n, _p, arm_color, hypotheses_table
 from .runs import Run
 from .stats import bleu_from_statistics, bleu_statistics, holm, mean_ci, shifted_null
 
@@ -280,13 +280,14 @@ def plot(result: Dict[str, Any], out_dir) -> List[Any]:
 
     fig, (bl, rb, hm) = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1, 1, 0.8]})
     grid = []
-    for arm, a in result["arms"].items():
+    for i, (arm, a) in enumerate(result["arms"].items()):
         for ax, metric, levels in ((bl, "bleu", LEVELS), (rb, "robustness", LEVELS[1:])):
             stats = [a["levels"].get(k, {}).get(metric) or {} for k in levels]
             means = [s.get("mean") if s.get("mean") is not None else np.nan for s in stats]
-            ax.plot(levels, means, marker="o", label=arm, linewidth=1.2)
+            ax.plot(levels, means, marker="o", label=arm, linewidth=1.2, color=arm_color(i))
             if all(s.get("ci_low") is not None for s in stats):
-                ax.fill_between(levels, [s["ci_low"] for s in stats], [s["ci_high"] for s in stats], alpha=0.15)
+                ax.fill_between(levels, [s["ci_low"] for s in stats], [s["ci_high"] for s in stats], alpha=0.15,
+                                color=arm_color(i))
         grid.append([(a["levels"].get(k, {}).get("robustness") or {}).get("mean") or np.nan for k in LEVELS[1:]])
     for ax, label in ((bl, "BLEU"), (rb, "robustness ratio (joined / one by one)")):
         ax.set_xscale("log", base=2)
