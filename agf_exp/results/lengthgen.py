@@ -64,15 +64,19 @@ def _em(run: StudyRun, rng: Range) -> float:
     return float(100.0 * run.correct[sel].mean()) if sel.any() else float("nan")
 
 
+def _outcomes(runs: Sequence[StudyRun], rng: Range) -> np.ndarray:
+    """[seeds, examples] exact match (0/1) of ``runs`` on the test examples in ``rng``."""
+    sel = (runs[0].lengths >= rng.low) & (runs[0].lengths <= rng.high)
+    return np.stack([r.correct[sel] for r in runs]).astype(float)
+
+
 def two_level_bootstrap(arm: Sequence[StudyRun], base: Sequence[StudyRun], rng: Range, n_samples: int = N_BOOTSTRAP,
                         seed: int = 12345) -> Dict[str, Any]:
     """Paired delta of exact match (arm − baseline, points) over the examples of ``rng``: resample
     the seeds of each side, then the test examples (the same draw for both sides: they share the
     test set), and take the difference of the seed-mean exact matches. 95 % percentile interval;
     p: two-sided, the resampled deltas shifted to mean 0 (floor 1/(n_samples + 1))."""
-    sel = (arm[0].lengths >= rng.low) & (arm[0].lengths <= rng.high)
-    a = np.stack([r.correct[sel] for r in arm]).astype(float)  # [seeds, n]
-    b = np.stack([r.correct[sel] for r in base]).astype(float)
+    a, b = _outcomes(arm, rng), _outcomes(base, rng)
     n = a.shape[1]
     gen = np.random.default_rng(seed)
     deltas = np.empty(n_samples)
@@ -239,11 +243,8 @@ def rank_tasks(runs: Sequence[StudyRun]) -> List[RankTask]:
     out = []
     for task in sorted({r.task for r in runs}):
         rg = rank_range(task)
-        by_arm: Dict[str, np.ndarray] = {}
-        for arm in sorted({r.arm for r in runs if r.task == task}):
-            mine = [r for r in runs if r.task == task and r.arm == arm]
-            sel = (mine[0].lengths >= rg.low) & (mine[0].lengths <= rg.high)
-            by_arm[arm] = np.stack([r.correct[sel] for r in mine]).astype(float)  # [seeds, n]
+        mine = [r for r in runs if r.task == task]
+        by_arm = {arm: _outcomes([r for r in mine if r.arm == arm], rg) for arm in sorted({r.arm for r in mine})}
         n = next(iter(by_arm.values())).shape[1]
 
         def sample(gen: np.random.Generator, by_arm=by_arm, n=n) -> Dict[str, float]:
@@ -325,14 +326,13 @@ def _f(x: Optional[float], spec: str = ".1f") -> str:
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return "–"
     text = format(x, spec)
-    return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.0"
+    return text[1:] if text[:1] in "+-" and not text.strip("+-0.") else text  # no "-0.0" / "+0.0"
 
 
 def _d(x: float, spec: str = ".1f") -> str:
     """A signed difference, ``+1.5`` / ``-0.2``; one that rounds to zero prints unsigned (``0.0``),
     so that no noise digit decides its sign."""
-    text = format(x, "+" + spec)
-    return text[1:] if not text.strip("+-0.") else text
+    return _f(x, "+" + spec)
 
 
 def _n(count: int, noun: str) -> str:
