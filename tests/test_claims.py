@@ -194,6 +194,20 @@ def test_seeds_needed_is_the_welch_sample_size():
     assert result_stats.seeds_needed([1.0], b, 1.0, "better") is None
 
 
+def test_seeds_to_decide_measures_the_distance_to_the_nearer_threshold():
+    """The length study's rules decide against thresholds (H1: above +10 supports, below 0
+    refutes): the seeds that decide are seeds_needed at the observed difference's distance to the
+    threshold on its side; between the thresholds no number of seeds decides."""
+    base = [0.0, 1.0, 2.0]  # SD 1
+    above = [12.0, 13.0, 14.0]  # observed +12: 2 above +10
+    assert result_stats.seeds_to_decide(above, base, 10.0, 0.0) == result_stats.seeds_needed(above, base, 2.0, "better")
+    below = [-1.0, 0.0, 1.0]  # observed -1: 1 below 0
+    assert result_stats.seeds_to_decide(below, base, 10.0, 0.0) == 17 == result_stats.seeds_needed(below, base, 1.0, "better")
+    assert result_stats.seeds_to_decide([5.0, 6.0, 7.0], base, 10.0, 0.0) == result_stats.MAX_SEEDS + 1
+    assert result_stats.seeds_to_decide([-3.0, -2.0, -1.0], base, -5.0, -5.0) < 10  # H2: -3, 2 above -5
+    assert result_stats.seeds_to_decide([1.0], base, 10.0, 0.0) is None
+
+
 def test_each_claim_gets_a_bleu_verdict_and_inconclusive_ones_the_seeds_to_decide():
     finals = {"vanilla": [60.0, 60.2, 60.1], "agf_m_pcmv": [61.0, 61.2, 61.1], "agf_m": [60.0, 61.6, 60.5]}
     refs = ["a b c d e f", "g h i j k l"] * 10

@@ -67,6 +67,15 @@ def test_no_verdict_rests_on_fewer_than_the_protocols_seeds():
     assert any("(2 of 5 seeds)" in m for m in result["hypotheses"][0]["missing"])
     assert "reverse/agf (2 of 5 seeds)" in result["hypotheses"][1]["missing"]  # H2 says how many too
     assert "copy/rope (2 of 5 seeds)" in result["hypotheses"][2]["missing"]  # and H3
+    # with 2 seeds a side the report says how many would decide: +65 points is far above H1's +10
+    h1 = result["hypotheses"][0]
+    assert set(h1["seeds_to_decide"]) == {f"{t}/{a}" for t in ("copy", "reverse") for a in lg.H1_ARMS}
+    assert all(2 <= n <= lg.MIN_SEEDS for n in h1["seeds_to_decide"].values())
+    assert "seeds per arm that would decide (Welch, 80 % power): copy/agf " in lg.to_markdown(result)
+    close = lg.summarize(_full_study(0.1, seeds=2), n_bootstrap=100)  # +5 points: between 0 and +10
+    assert set(close["hypotheses"][0]["seeds_to_decide"].values()) == {lg.MAX_SEEDS + 1}
+    assert "copy/t5 > 1000" in lg.to_markdown(close)
+    assert lg.summarize(_full_study(0.7, seeds=1), n_bootstrap=50)["hypotheses"][0]["seeds_to_decide"] == {}
 
 
 def test_ranking_orders_arms_by_mean_rank_over_tasks_with_bootstrap_intervals():
@@ -150,6 +159,7 @@ def test_mt_robustness_ratio_separates_length_robustness_from_quality():
     assert verdicts["H1 (MT)"]["arms"]["t5"] == "supported"
     assert verdicts["H1 (MT)"]["verdict"] == "undecided" and "agf" in verdicts["H1 (MT)"]["missing"]  # arms missing
     assert verdicts["H3 (MT)"]["verdict"] == "supported"
+    assert verdicts["H1 (MT)"]["seeds_to_decide"] == {}  # t5 is decided; the other arms have no runs
     task = mt.rank_task(runs)  # the MT part's share of the ranking across tasks: the k = 8 ratio
     assert task.observed["t5"] == pytest.approx(1.0) and task.observed["sinusoidal"] < 0.1 and task.seeds["t5"] == 3
     replicate = task.sample(np.random.default_rng(0))

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..data.lengthgen import RANGES, TRAIN_MAX, Range, exact_match, target_length
 from .runs import Run
-from .stats import holm, mean_ci, shifted_null
+from .stats import MAX_SEEDS, holm, mean_ci, seeds_to_decide, shifted_null
 
 BASELINE = "sinusoidal"
 SOLVED = 90.0  # a (task, arm, seed) solves a length range at >= 90 % exact match
@@ -141,6 +141,17 @@ def _short_share(runs: Sequence[StudyRun], rng: Optional[Range]) -> Dict[str, An
     return mean_ci(values)
 
 
+def _seeds_to_decide(out: Dict[str, int], task: Dict[str, Any], arm: str, rng: str, support_above: float,
+                     refute_below: float) -> None:
+    """``out[task/arm]`` = the seeds per arm at which the paired delta of ``arm`` against the
+    baseline on ``rng`` would be decided (:func:`stats.seeds_to_decide` on the seeds' exact
+    matches: a Welch approximation of the two-level bootstrap), where both have 2 seeds or more."""
+    values = [task["arms"][a]["ranges"][rng]["values"] for a in (arm, BASELINE)]
+    n = seeds_to_decide(values[0], values[1], support_above, refute_below)
+    if n is not None:
+        out[f"{task['task']}/{arm}"] = n
+
+
 def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     """H1-H4 on the synthetic tasks by docs/lengthgen.md's rules; an arm or task without runs (or
     with one seed where an interval over seeds is needed) leaves the hypothesis undecided and
@@ -148,18 +159,23 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     tasks = result["tasks"]
     out = []
     # H1: copy and reverse at 1-2x; per arm supported / refuted / undecided from the paired interval.
-    per_arm, missing = {}, []
+    per_arm, missing, to_decide = {}, [], {}
     for arm in H1_ARMS:
         verdicts = []
         for task in ("copy", "reverse"):
             t = (tasks.get(task, {}).get("arms", {}).get(arm, {}).get("vs_baseline", {}) or {}).get("1-2x")
-            if t is None or min(t["seeds"]) < MIN_SEEDS:
-                missing.append(f"{task}/{arm}" + ("" if t is None else f" ({min(t['seeds'])} of {MIN_SEEDS} seeds)"))
+            if t is None:
+                missing.append(f"{task}/{arm}")
                 verdicts.append("undecided")
                 continue
-            lo, hi = t["ci_low"], t["ci_high"]
-            verdicts.append("supported" if lo > H1_MARGIN and t["p_holm"] < 0.05 else
-                            "refuted" if hi < 0 else "undecided")
+            verdict = ("supported" if t["ci_low"] > H1_MARGIN and t["p_holm"] < 0.05 else
+                       "refuted" if t["ci_high"] < 0 else "undecided")
+            if min(t["seeds"]) < MIN_SEEDS:
+                missing.append(f"{task}/{arm} ({min(t['seeds'])} of {MIN_SEEDS} seeds)")
+                verdict = "undecided"
+            if verdict == "undecided":
+                _seeds_to_decide(to_decide, tasks[task], arm, "1-2x", H1_MARGIN, 0.0)
+            verdicts.append(verdict)
         per_arm[arm] = ("supported" if all(v == "supported" for v in verdicts) else
                         "refuted" if any(v == "refuted" for v in verdicts) else "undecided")
     supported = sum(v == "supported" for v in per_arm.values())
@@ -168,12 +184,16 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     if missing and h1 != "refuted":
         h1 = "undecided"
     out.append({"key": "H1", "text": "decaying biases and T5 extrapolate (copy and reverse, 1-2x)", "verdict": h1,
-                "arms": per_arm, "missing": missing})
+                "arms": per_arm, "missing": missing, "seeds_to_decide": to_decide})
     # H2: reverse in distribution, every decaying arm's paired interval above -5.
     rev = tasks.get("reverse", {}).get("arms", {})
     found = {a: (rev.get(a, {}).get("vs_baseline", {}).get("in-distribution") or {}) for a in DECAYING}
     lows = {a: t if t and min(t["seeds"]) >= MIN_SEEDS else {} for a, t in found.items()}
     absent = [a for a, t in lows.items() if not t]
+    to_decide = {}
+    for a, t in found.items():
+        if t and (min(t["seeds"]) < MIN_SEEDS or t["ci_low"] <= H2_MARGIN <= t["ci_high"]):
+            _seeds_to_decide(to_decide, tasks["reverse"], a, "in-distribution", H2_MARGIN, H2_MARGIN)
     if any(t and t["ci_high"] < H2_MARGIN for t in lows.values()):
         h2 = "refuted"
     elif not absent and all(t["ci_low"] > H2_MARGIN for t in lows.values()):
@@ -182,7 +202,7 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
         h2 = "undecided"
     out.append({"key": "H2", "text": "encoder-side decay does not hurt reverse in distribution", "verdict": h2,
                 "missing": [f"reverse/{a}" + (f" ({min(found[a]['seeds'])} of {MIN_SEEDS} seeds)" if found[a] else "")
-                            for a in absent]})
+                            for a in absent], "seeds_to_decide": to_decide})
     # H3: sinusoidal and rope's wrong outputs at 1-2x end early (share of short outputs > 0.5).
     shares, h3_parts, h3_missing = {}, [], []
     for task in ("copy", "reverse"):
@@ -391,6 +411,9 @@ def hypotheses_table(hypotheses: Sequence[Dict[str, Any]]) -> List[str]:
             detail = ", ".join(f"{k}: {_f(s.get('mean'), '.2f')}" for k, s in h["shares"].items())
         if h.get("missing"):
             detail += ("; " if detail else "") + "too few runs yet: " + ", ".join(h["missing"])
+        if h.get("seeds_to_decide"):
+            detail += ("; " if detail else "") + "seeds per arm that would decide (Welch, 80 % power): " + ", ".join(
+                f"{k} {f'> {MAX_SEEDS}' if n > MAX_SEEDS else n}" for k, n in h["seeds_to_decide"].items())
         out.append(f"| {h['key']}: {h['text']} | **{h['verdict']}** | {detail or '–'} |")
     return out
 

@@ -173,6 +173,23 @@ def seeds_needed(a: Sequence[float], b: Sequence[float], effect: float, kind: st
     return n
 
 
+def seeds_to_decide(a: Sequence[float], b: Sequence[float], support_above: float, refute_below: float,
+                    power: float = POWER) -> Optional[int]:
+    """Seeds per side for which the 95% Welch interval of ``mean(a) − mean(b)`` lies wholly above
+    ``support_above`` or wholly below ``refute_below`` (``refute_below <= support_above``), on the
+    side the observed difference is on, with probability ``power`` if the observed difference is
+    the true one and the seeds spread as measured: :func:`seeds_needed` with the distance from the
+    observed difference to that threshold as the effect (the Welch interval shifts with the
+    difference, so deciding against a threshold is deciding against 0 by that distance). None
+    with < 2 seeds a side; ``MAX_SEEDS + 1`` when the observed difference lies between the
+    thresholds: no number of seeds decides it."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    d = float(np.mean(a) - np.mean(b))
+    effect = d - support_above if d > support_above else refute_below - d if d < refute_below else 0.0
+    return seeds_needed(a, b, effect, "better", power=power)
+
+
 def _welch_t(a: Sequence[float], b: Sequence[float]) -> Optional[Tuple[float, float, float]]:
     """(mean difference, its standard error, Welch degrees of freedom); None where a side has n < 2
     or both sides are constant."""
