@@ -2,6 +2,8 @@
 bootstrap, Holm, and the verdict rules of docs/lengthgen.md on made-up outcomes."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -78,6 +80,22 @@ def test_no_verdict_rests_on_fewer_than_the_protocols_seeds():
     assert lg.summarize(_full_study(0.7, seeds=1), n_bootstrap=50)["hypotheses"][0]["seeds_to_decide"] == {}
 
 
+def test_one_refuted_part_refutes_h3_and_the_report_says_which():
+    """H3 claims all four (task, arm) parts end early; a part with the protocol's seeds whose
+    interval lies below one half refutes it even while rope's other seeds are still missing."""
+    runs = [r for r in _full_study(0.7) if not (r.arm == "rope" and r.seed > 1)
+            and not (r.task == "copy" and r.arm == "sinusoidal")]
+    runs += [study_run("copy", "sinusoidal", s, {"in-distribution": 1.0, "1-2x": 0.05}, short=0.1) for s in range(1, 6)]
+    h3 = {h["key"]: h for h in lg.summarize(runs, n_bootstrap=50)["hypotheses"]}["H3"]
+    assert h3["verdict"] == "refuted" and h3["parts"] == {"copy/sinusoidal": "refuted", "reverse/sinusoidal": "supported"}
+    assert h3["missing"] == ["copy/rope (1 of 5 seeds)", "reverse/rope (1 of 5 seeds)"]
+    row = next(line for line in lg.hypotheses_table([h3]) if line.startswith("| H3"))
+    lo, hi = h3["shares"]["copy/sinusoidal"]["ci_low"], h3["shares"]["copy/sinusoidal"]["ci_high"]
+    assert f"copy/sinusoidal: {h3['shares']['copy/sinusoidal']['mean']:.3f} [{lo:.3f}, {hi:.3f}] refuted" in row
+    assert re.search(r"copy/rope: \d\.\d{3}, ", row)  # one seed: no interval, no part verdict
+    assert "| **refuted** |" in row
+
+
 def test_ranking_orders_arms_by_mean_rank_over_tasks_with_bootstrap_intervals():
     runs = _full_study(0.7, seeds=3)
     runs = [r for r in runs if not (r.arm == "t5" and r.task == "copy")] + [
@@ -103,15 +121,16 @@ def test_ranking_orders_arms_by_mean_rank_over_tasks_with_bootstrap_intervals():
     assert lg._d(-0.0004, ".3f") == "0.000" and lg._d(0.0024, ".3f") == "+0.002"
 
 
-def test_report_cli_reads_the_committed_study_runs(tmp_path, capsys):
+def test_the_committed_report_regenerates_from_its_run_files(tmp_path, capsys):
     from pathlib import Path
 
-    committed = Path(__file__).resolve().parent.parent / "results/lengthgen/synthetic"
+    committed = Path(__file__).resolve().parent.parent / "results/lengthgen"
     out = tmp_path / "REPORT.md"
-    assert report.main(["lengthgen", "--runs", str(committed), "--out", str(out), "--bootstrap", "100"]) == 0
-    text = out.read_text()
-    assert "## copy (training maximum 16;" in text and "| `sinusoidal` | 1 | 100.0 (1/1) | 6.5 (0/1) | 0.0 (0/1) |" in text
-    assert (tmp_path / "lengthgen_copy.png").is_file() and (tmp_path / "lengthgen.json").is_file()
+    assert report.main(["lengthgen", "--runs", str(committed), "--out", str(out)]) == 0
+    # the committed report is a product: it regenerates byte for byte from the committed run files
+    assert out.read_text() == (committed / "REPORT.md").read_text()
+    assert (tmp_path / "lengthgen.json").read_bytes() == (committed / "lengthgen.json").read_bytes()
+    assert (tmp_path / "lengthgen_copy.png").is_file() and (tmp_path / "lengthgen_mt.png").is_file()
     assert report.main(["lengthgen", "--runs", str(tmp_path)]) == 2
     assert "no finished run of the length study" in capsys.readouterr().err
 

@@ -204,7 +204,8 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
                 "missing": [f"reverse/{a}" + (f" ({min(found[a]['seeds'])} of {MIN_SEEDS} seeds)" if found[a] else "")
                             for a in absent], "seeds_to_decide": to_decide})
     # H3: sinusoidal and rope's wrong outputs at 1-2x end early (share of short outputs > 0.5).
-    shares, h3_parts, h3_missing = {}, [], []
+    # A part is judged with the protocol's seeds; one refuted part refutes H3 (it claims all four).
+    shares, h3_parts, h3_missing = {}, {}, []
     for task in ("copy", "reverse"):
         for arm in ("sinusoidal", "rope"):
             stat = tasks.get(task, {}).get("short_share", {}).get(arm)
@@ -216,14 +217,14 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
                 seeds = len(tasks[task]["arms"][arm]["seeds"])
                 h3_missing.append(f"{task}/{arm} " + (f"({seeds} of {MIN_SEEDS} seeds)" if seeds < MIN_SEEDS else
                                                       f"({stat.get('n', 0)} of {seeds} seeds with a wrong output)"))
-                h3_parts.append("undecided")
                 continue
-            h3_parts.append("supported" if stat.get("ci_low") is not None and stat["ci_low"] > 0.5 else
-                            "refuted" if stat.get("ci_high") is not None and stat["ci_high"] < 0.5 else "undecided")
-    h3 = ("supported" if h3_parts and all(v == "supported" for v in h3_parts) and len(h3_parts) == 4 else
-          "refuted" if any(v == "refuted" for v in h3_parts) else "undecided")
+            h3_parts[f"{task}/{arm}"] = ("supported" if stat["ci_low"] > 0.5 else
+                                         "refuted" if stat["ci_high"] < 0.5 else "undecided")
+    parts = list(h3_parts.values())
+    h3 = ("supported" if len(parts) == 4 and all(v == "supported" for v in parts) else
+          "refuted" if "refuted" in parts else "undecided")
     out.append({"key": "H3", "text": "absolute positions fail by ending early", "verdict": h3, "shares": shares,
-                "missing": h3_missing})
+                "parts": h3_parts, "missing": h3_missing})
     # H4: nope's in-distribution exact match on reverse below 10 %.
     nope = rev.get("nope", {}).get("ranges", {}).get("in-distribution")
     h4 = "undecided"
@@ -231,7 +232,7 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
         h4 = "supported" if nope["ci_high"] < 10.0 else "refuted" if nope["ci_low"] >= 10.0 else "undecided"
     missing = ([] if nope and nope["seeds"] >= MIN_SEEDS else
                [f"reverse/nope ({nope['seeds']} of {MIN_SEEDS} seeds)"] if nope else ["reverse/nope"])
-    out.append({"key": "H4", "text": "no positions solve neither copy nor reverse", "verdict": h4, "missing": missing})
+    out.append({"key": "H4", "text": "without positions neither copy nor reverse is solved", "verdict": h4, "missing": missing})
     return out
 
 
@@ -407,8 +408,11 @@ def hypotheses_table(hypotheses: Sequence[Dict[str, Any]]) -> List[str]:
     out = ["| hypothesis | verdict | detail |", "|---|---|---|"]
     for h in hypotheses:
         detail = ", ".join(f"`{a}` {v}" for a, v in (h.get("arms") or {}).items())
-        if h.get("shares"):
-            detail = ", ".join(f"{k}: {_f(s.get('mean'), '.2f')}" for k, s in h["shares"].items())
+        if h.get("shares"):  # share of early ends: mean over seeds [95 % interval] and the part's verdict
+            detail = ", ".join(f"{k}: {_f(s.get('mean'), '.3f')}"
+                               + ("" if s.get("ci_low") is None else f" [{s['ci_low']:.3f}, {s['ci_high']:.3f}]")
+                               + (f" {h['parts'][k]}" if k in (h.get("parts") or {}) else "")
+                               for k, s in h["shares"].items())
         if h.get("missing"):
             detail += ("; " if detail else "") + "too few runs yet: " + ", ".join(h["missing"])
         if h.get("seeds_to_decide"):

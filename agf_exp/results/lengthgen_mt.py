@@ -226,19 +226,18 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
           and not missing else "undecided")
     out = [{"key": "H1 (MT)", "text": "decaying biases and T5 keep the k = 8 robustness ratio above sinusoidal",
             "verdict": h1, "arms": per_arm, "missing": missing, "seeds_to_decide": to_decide}]
-    parts, shares = [], {}
+    parts, shares = {}, {}  # a part is judged with the protocol's seeds; one refuted part refutes H3 (MT)
     for arm in (BASELINE, "rope"):
         stat = ((arms.get(arm) or {}).get("levels", {}).get(8) or {}).get("short")
         shares[arm] = stat or {}
-        if not stat or stat.get("n", 0) < MIN_SEEDS:
-            parts.append("undecided")
-            continue
-        parts.append("supported" if stat["ci_low"] is not None and stat["ci_low"] > 0.5 else
-                     "refuted" if stat["ci_high"] is not None and stat["ci_high"] < 0.5 else "undecided")
-    h3 = ("supported" if parts == ["supported", "supported"] else "refuted" if "refuted" in parts else "undecided")
+        if stat and stat.get("n", 0) >= MIN_SEEDS:
+            parts[arm] = "supported" if stat["ci_low"] > 0.5 else "refuted" if stat["ci_high"] < 0.5 else "undecided"
+    h3 = ("supported" if list(parts.values()) == ["supported", "supported"] else
+          "refuted" if "refuted" in parts.values() else "undecided")
     out.append({"key": "H3 (MT)", "text": "sinusoidal and RoPE end early on 8 joined sentences", "verdict": h3,
-                "shares": shares, "missing": [a + (f" ({s['n']} of {MIN_SEEDS} seeds)" if s else "")
-                                              for a, s in shares.items() if not s or s.get("n", 0) < MIN_SEEDS]})
+                "shares": shares, "parts": parts,
+                "missing": [a + (f" ({s['n']} of {MIN_SEEDS} seeds)" if s else "")
+                            for a, s in shares.items() if not s or s.get("n", 0) < MIN_SEEDS]})
     return out
 
 
