@@ -10,6 +10,7 @@ import pytest
 from agf_exp import report
 from agf_exp.results import lengthgen as lg
 from agf_exp.results.runs import Run
+from agf_exp.results.stats import MAX_SEEDS
 
 LENGTHS = np.repeat(np.arange(4, 65), 10)  # copy's test set shape: 10 per length 4..64
 
@@ -75,7 +76,7 @@ def test_no_verdict_rests_on_fewer_than_the_protocols_seeds():
     assert all(2 <= n <= lg.MIN_SEEDS for n in h1["seeds_to_decide"].values())
     assert "seeds per arm that would decide (Welch, 80 % power): copy/agf " in lg.to_markdown(result)
     close = lg.summarize(_full_study(0.1, seeds=2), n_bootstrap=100)  # +5 points: between 0 and +10
-    assert set(close["hypotheses"][0]["seeds_to_decide"].values()) == {lg.MAX_SEEDS + 1}
+    assert set(close["hypotheses"][0]["seeds_to_decide"].values()) == {MAX_SEEDS + 1}
     assert "copy/t5 > 1000" in lg.to_markdown(close)
     assert lg.summarize(_full_study(0.7, seeds=1), n_bootstrap=50)["hypotheses"][0]["seeds_to_decide"] == {}
 

@@ -41,7 +41,7 @@ import numpy as np
 from ..analysis.curves import ACCURACY_MAX, MAX_CEILING_CI_WIDTH, fit_learning_curve
 from ..tables import PAPER_ROWS, Table
 from .runs import Run
-from .stats import (MAX_SEEDS, PAR_MARGIN, POWER, holm, paired_bootstrap, seed_bleus, seeds_needed, tost_p, welch_ci,
+from .stats import (PAR_MARGIN, POWER, holm, paired_bootstrap, seed_bleus, seeds_needed, seeds_text, tost_p, welch_ci,
                     welch_p)
 from .tabulate import decoded_statistics, pick_experiment, segmentation_warning, select_runs
 
@@ -450,8 +450,8 @@ def _claims_table(result: Dict[str, Any]) -> List[str]:
             p = f"TOST {p}"
         need = "–"
         if c.get("seeds_needed") is not None:
-            paper = _seeds(c["seeds_needed"]) + (" (equivalence)" if c["kind"] == "par" else "")
-            observed = _seeds(c.get("seeds_needed_observed"))
+            paper = seeds_text(c["seeds_needed"]) + (" (equivalence)" if c["kind"] == "par" else "")
+            observed = seeds_text(c.get("seeds_needed_observed"))
             if c.get("seeds_needed_observed_test"):
                 observed += f" ({c['seeds_needed_observed_test']})"
             need = f"{paper}; {observed}"
@@ -466,10 +466,6 @@ def _claims_table(result: Dict[str, Any]) -> List[str]:
 def _prefix(p: str) -> str:
     """``=0.02`` / ``≤0.001`` / ``<0.001``: a p value after "p"."""
     return p if p[:1] in "≤<" else f"={p}"
-
-
-def _seeds(n: Optional[int]) -> str:
-    return "–" if n is None else (f"> {MAX_SEEDS}" if n > MAX_SEEDS else str(n))
 
 
 def _curve_section(cv: Dict[str, Any]) -> List[str]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..data.lengthgen import RANGES, TRAIN_MAX, Range, exact_match, target_length
 from .runs import Run
-from .stats import MAX_SEEDS, holm, mean_ci, seeds_to_decide, shifted_null
+from .stats import holm, mean_ci, seeds_text, seeds_to_decide, shifted_null
 
 BASELINE = "sinusoidal"
 SOLVED = 90.0  # a (task, arm, seed) solves a length range at >= 90 % exact match
@@ -152,6 +152,12 @@ def _seeds_to_decide(out: Dict[str, int], task: Dict[str, Any], arm: str, rng: s
         out[f"{task['task']}/{arm}"] = n
 
 
+def share_verdict(stat: Dict[str, Any]) -> str:
+    """H3's rule for one part: supported / refuted by whether the 95 % interval over seeds of the
+    share of early ends lies above / below one half."""
+    return "supported" if stat["ci_low"] > 0.5 else "refuted" if stat["ci_high"] < 0.5 else "undecided"
+
+
 def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     """H1-H4 on the synthetic tasks by docs/lengthgen.md's rules; an arm or task without runs (or
     with one seed where an interval over seeds is needed) leaves the hypothesis undecided and
@@ -218,8 +224,7 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
                 h3_missing.append(f"{task}/{arm} " + (f"({seeds} of {MIN_SEEDS} seeds)" if seeds < MIN_SEEDS else
                                                       f"({stat.get('n', 0)} of {seeds} seeds with a wrong output)"))
                 continue
-            h3_parts[f"{task}/{arm}"] = ("supported" if stat["ci_low"] > 0.5 else
-                                         "refuted" if stat["ci_high"] < 0.5 else "undecided")
+            h3_parts[f"{task}/{arm}"] = share_verdict(stat)
     parts = list(h3_parts.values())
     h3 = ("supported" if len(parts) == 4 and all(v == "supported" for v in parts) else
           "refuted" if "refuted" in parts else "undecided")
@@ -417,7 +422,7 @@ def hypotheses_table(hypotheses: Sequence[Dict[str, Any]]) -> List[str]:
             detail += ("; " if detail else "") + "too few runs yet: " + ", ".join(h["missing"])
         if h.get("seeds_to_decide"):
             detail += ("; " if detail else "") + "seeds per arm that would decide (Welch, 80 % power): " + ", ".join(
-                f"{k} {f'> {MAX_SEEDS}' if n > MAX_SEEDS else n}" for k, n in h["seeds_to_decide"].items())
+                f"{k} {seeds_text(n)}" for k, n in h["seeds_to_decide"].items())
         out.append(f"| {h['key']}: {h['text']} | **{h['verdict']}** | {detail or '–'} |")
     return out
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data.corpus import JOIN_PREFIX, joined
-from .lengthgen import RankTask, _d, _eq, _f, _n, _p, arm_color, hypotheses_table
+from .lengthgen import RankTask, _d, _eq, _f, _n, _p, arm_color, hypotheses_table, share_verdict
 from .runs import Run
 from .stats import bleu_from_statistics, bleu_statistics, holm, mean_ci, seeds_to_decide, shifted_null
 
@@ -231,7 +231,7 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
         stat = ((arms.get(arm) or {}).get("levels", {}).get(8) or {}).get("short")
         shares[arm] = stat or {}
         if stat and stat.get("n", 0) >= MIN_SEEDS:
-            parts[arm] = "supported" if stat["ci_low"] > 0.5 else "refuted" if stat["ci_high"] < 0.5 else "undecided"
+            parts[arm] = share_verdict(stat)
     h3 = ("supported" if list(parts.values()) == ["supported", "supported"] else
           "refuted" if "refuted" in parts.values() else "undecided")
     out.append({"key": "H3 (MT)", "text": "sinusoidal and RoPE end early on 8 joined sentences", "verdict": h3,

@@ -173,6 +173,11 @@ def seeds_needed(a: Sequence[float], b: Sequence[float], effect: float, kind: st
     return n
 
 
+def seeds_text(n: Optional[int]) -> str:
+    """A seeds-needed figure as printed: ``–`` (not computable), ``> 1000`` (beyond MAX_SEEDS) or the number."""
+    return "–" if n is None else (f"> {MAX_SEEDS}" if n > MAX_SEEDS else str(n))
+
+
 def seeds_to_decide(a: Sequence[float], b: Sequence[float], support_above: float, refute_below: float,
                     power: float = POWER) -> Optional[int]:
     """Seeds per side for which the 95% Welch interval of ``mean(a) − mean(b)`` lies wholly above
