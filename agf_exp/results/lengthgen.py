@@ -145,11 +145,12 @@ def _seeds_to_decide(out: Dict[str, int], task: Dict[str, Any], arm: str, rng: s
                      refute_below: float) -> None:
     """``out[task/arm]`` = the seeds per arm at which the paired delta of ``arm`` against the
     baseline on ``rng`` would be decided (:func:`stats.seeds_to_decide` on the seeds' exact
-    matches: a Welch approximation of the two-level bootstrap), where both have 2 seeds or more."""
+    matches: a Welch approximation of the two-level bootstrap), where both have 2 seeds or more;
+    never fewer than the protocol's seeds, on which alone a verdict is read."""
     values = [task["arms"][a]["ranges"][rng]["values"] for a in (arm, BASELINE)]
     n = seeds_to_decide(values[0], values[1], support_above, refute_below)
     if n is not None:
-        out[f"{task['task']}/{arm}"] = n
+        out[f"{task['task']}/{arm}"] = max(n, MIN_SEEDS)
 
 
 def share_verdict(stat: Dict[str, Any]) -> str:
@@ -200,13 +201,16 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     for a, t in found.items():
         if t and (min(t["seeds"]) < MIN_SEEDS or t["ci_low"] <= H2_MARGIN <= t["ci_high"]):
             _seeds_to_decide(to_decide, tasks["reverse"], a, "in-distribution", H2_MARGIN, H2_MARGIN)
-    if any(t and t["ci_high"] < H2_MARGIN for t in lows.values()):
+    per_arm = {a: "undecided" if not t else "refuted" if t["ci_high"] < H2_MARGIN else
+               "supported" if t["ci_low"] > H2_MARGIN else "undecided" for a, t in lows.items()}
+    if "refuted" in per_arm.values():
         h2 = "refuted"
-    elif not absent and all(t["ci_low"] > H2_MARGIN for t in lows.values()):
+    elif all(v == "supported" for v in per_arm.values()):
         h2 = "supported"
     else:
         h2 = "undecided"
     out.append({"key": "H2", "text": "encoder-side decay does not hurt reverse in distribution", "verdict": h2,
+                "arms": per_arm,
                 "missing": [f"reverse/{a}" + (f" ({min(found[a]['seeds'])} of {MIN_SEEDS} seeds)" if found[a] else "")
                             for a in absent], "seeds_to_decide": to_decide})
     # H3: sinusoidal and rope's wrong outputs at 1-2x end early (share of short outputs > 0.5).
@@ -421,7 +425,7 @@ def hypotheses_table(hypotheses: Sequence[Dict[str, Any]]) -> List[str]:
         if h.get("missing"):
             detail += ("; " if detail else "") + "too few runs yet: " + ", ".join(h["missing"])
         if h.get("seeds_to_decide"):
-            detail += ("; " if detail else "") + "seeds per arm that would decide (Welch, 80 % power): " + ", ".join(
+            detail += ("; " if detail else "") + "seeds per arm that would decide (Welch, 80 % power; at least the protocol's): " + ", ".join(
                 f"{k} {seeds_text(n)}" for k, n in h["seeds_to_decide"].items())
         out.append(f"| {h['key']}: {h['text']} | **{h['verdict']}** | {detail or '–'} |")
     return out
