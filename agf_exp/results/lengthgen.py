@@ -425,8 +425,8 @@ def hypotheses_table(hypotheses: Sequence[Dict[str, Any]]) -> List[str]:
         if h.get("missing"):
             detail += ("; " if detail else "") + "too few runs yet: " + ", ".join(h["missing"])
         if h.get("seeds_to_decide"):
-            detail += ("; " if detail else "") + "seeds per arm that would decide (Welch, 80 % power; at least the protocol's): " + ", ".join(
-                f"{k} {seeds_text(n)}" for k, n in h["seeds_to_decide"].items())
+            detail += (("; " if detail else "") + "seeds per arm that would decide (Welch, 80 % power; at least the "
+                       "protocol's): " + ", ".join(f"{k} {seeds_text(n)}" for k, n in h["seeds_to_decide"].items()))
         out.append(f"| {h['key']}: {h['text']} | **{h['verdict']}** | {detail or '–'} |")
     return out
 
