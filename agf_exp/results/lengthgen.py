@@ -148,9 +148,9 @@ def _seeds_to_decide(out: Dict[str, int], task: Dict[str, Any], arm: str, rng: s
     matches: a Welch approximation of the two-level bootstrap), where both have 2 seeds or more;
     never fewer than the protocol's seeds, on which alone a verdict is read."""
     values = [task["arms"][a]["ranges"][rng]["values"] for a in (arm, BASELINE)]
-    n = seeds_to_decide(values[0], values[1], support_above, refute_below)
+    n = seeds_to_decide(values[0], values[1], support_above, refute_below, at_least=MIN_SEEDS)
     if n is not None:
-        out[f"{task['task']}/{arm}"] = max(n, MIN_SEEDS)
+        out[f"{task['task']}/{arm}"] = n
 
 
 def share_verdict(stat: Dict[str, Any]) -> str:

@@ -218,9 +218,10 @@ def hypotheses(result: Dict[str, Any]) -> List[Dict[str, Any]]:
             missing.append(f"{arm} ({min(t['seeds'])} of {MIN_SEEDS} seeds)")
             per_arm[arm] = "undecided"
         if per_arm[arm] == "undecided":  # a Welch approximation of the two-level bootstrap, on the seeds' ratios
-            n = seeds_to_decide(*(arms[a]["levels"][8]["robustness"]["values"] for a in (arm, BASELINE)), H1_MARGIN, 0.0)
-            if n is not None:  # never fewer than the protocol's seeds, on which alone a verdict is read
-                to_decide[arm] = max(n, MIN_SEEDS)
+            n = seeds_to_decide(*(arms[a]["levels"][8]["robustness"]["values"] for a in (arm, BASELINE)), H1_MARGIN, 0.0,
+                                at_least=MIN_SEEDS)
+            if n is not None:
+                to_decide[arm] = n
     refuted = [a for a, v in per_arm.items() if v == "refuted"]
     h1 = ("refuted" if refuted else "supported" if sum(v == "supported" for v in per_arm.values()) > len(H1_ARMS) / 2
           and not missing else "undecided")

@@ -179,7 +179,7 @@ def seeds_text(n: Optional[int]) -> str:
 
 
 def seeds_to_decide(a: Sequence[float], b: Sequence[float], support_above: float, refute_below: float,
-                    power: float = POWER) -> Optional[int]:
+                    power: float = POWER, at_least: int = 2) -> Optional[int]:
     """Seeds per side for which the 95% Welch interval of ``mean(a) − mean(b)`` lies wholly above
     ``support_above`` or wholly below ``refute_below`` (``refute_below <= support_above``), on the
     side the observed difference is on, with probability ``power`` if the observed difference is
@@ -187,12 +187,14 @@ def seeds_to_decide(a: Sequence[float], b: Sequence[float], support_above: float
     observed difference to that threshold as the effect (the Welch interval shifts with the
     difference, so deciding against a threshold is deciding against 0 by that distance). None
     with < 2 seeds a side; ``MAX_SEEDS + 1`` when the observed difference lies between the
-    thresholds: no number of seeds decides it."""
+    thresholds: no number of seeds decides it. Never below ``at_least`` (a protocol's seeds, where
+    no verdict reads fewer)."""
     if len(a) < 2 or len(b) < 2:
         return None
     d = float(np.mean(a) - np.mean(b))
     effect = d - support_above if d > support_above else refute_below - d if d < refute_below else 0.0
-    return seeds_needed(a, b, effect, "better", power=power)
+    n = seeds_needed(a, b, effect, "better", power=power)
+    return None if n is None else max(n, at_least)
 
 
 def _welch_t(a: Sequence[float], b: Sequence[float]) -> Optional[Tuple[float, float, float]]:
